@@ -1,0 +1,199 @@
+//! `CacheBuilder`: every option of a namespace, checked once at `build()`.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::{Cache, Inner, Value};
+use crate::codec::Codec;
+use crate::flight::Flights;
+use crate::key::{DEFAULT_MAX_KEY_BYTES, KeySpace};
+use crate::stats::Recorder;
+use crate::store::{EmbeddedStore, Store};
+use crate::{BuildError, Ttl};
+
+/// The largest encoded entry, by default: 1 MiB. Larger values waste memory
+/// in every store and time on every read; cache a smaller projection.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Options of one cache namespace. Made by [`Cache::builder`].
+#[must_use]
+#[derive(Debug)]
+pub struct CacheBuilder<V, C> {
+    namespace: String,
+    prefix: Option<String>,
+    schema_version: u32,
+    ttl: Duration,
+    ttl_jitter: f64,
+    negative_ttl: Option<Duration>,
+    max_value_bytes: usize,
+    max_key_bytes: usize,
+    store: Option<Arc<dyn Store>>,
+    codec: C,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V: Value, C: Codec + Default> CacheBuilder<V, C> {
+    pub(crate) fn new(namespace: String) -> Self {
+        CacheBuilder {
+            namespace,
+            prefix: None,
+            schema_version: 1,
+            ttl: Duration::from_secs(300),
+            ttl_jitter: 0.0,
+            negative_ttl: None,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            store: None,
+            codec: C::default(),
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<V: Value, C: Codec> CacheBuilder<V, C> {
+    /// An application prefix before the namespace (`shop` in
+    /// `shop:user:v2:{42}`), for a Redis shared with other applications.
+    /// By default, none.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// The schema version of the value type (`2` in `user:v2:`). Bump it
+    /// when the value's shape changes, so new code never reads old entries.
+    /// By default, 1.
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
+    }
+
+    /// How long entries live. There is no way to store without a TTL.
+    /// By default, 5 minutes.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Shortens each entry's TTL by a random fraction of at most `jitter`
+    /// (0.0–1.0), so entries written together do not expire together.
+    /// By default, 0.0 (no jitter); 0.1 is a good start.
+    pub fn ttl_jitter(mut self, jitter: f64) -> Self {
+        self.ttl_jitter = jitter;
+        self
+    }
+
+    /// Caches a loader's "not found" for `ttl` (see
+    /// [`Cache::get_or_load_optional`]). Keep it short: a created record
+    /// stays invisible to readers until it ends or the key is written.
+    /// By default, "not found" is not cached.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// The largest encoded entry (envelope included) a write accepts; larger
+    /// ones are refused with [`Error::ValueTooLarge`](crate::Error::ValueTooLarge)
+    /// and nothing is written. By default, 1 MiB.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Keys longer than this many bytes are stored under their SHA-256
+    /// instead. By default, 200.
+    pub fn max_key_bytes(mut self, bytes: usize) -> Self {
+        self.max_key_bytes = bytes;
+        self
+    }
+
+    /// The store. Stores are cheap handles: pass clones of one store to
+    /// every namespace that should share it. By default, a private
+    /// [`EmbeddedStore`] of 64 MiB.
+    pub fn store(self, store: impl Store) -> Self {
+        self.shared_store(Arc::new(store))
+    }
+
+    /// The store, already shared (for a store chosen at run time).
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The codec of values. By default, [`Json`](crate::Json).
+    pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<V, C2> {
+        CacheBuilder {
+            namespace: self.namespace,
+            prefix: self.prefix,
+            schema_version: self.schema_version,
+            ttl: self.ttl,
+            ttl_jitter: self.ttl_jitter,
+            negative_ttl: self.negative_ttl,
+            max_value_bytes: self.max_value_bytes,
+            max_key_bytes: self.max_key_bytes,
+            store: self.store,
+            codec,
+            _value: PhantomData,
+        }
+    }
+
+    /// Checks the options and builds the cache.
+    ///
+    /// # Errors
+    /// [`BuildError`] for a bad namespace or prefix, a TTL out of range, a
+    /// jitter outside 0.0–1.0, or size limits too small to hold an entry.
+    pub fn build(self) -> Result<Cache<V, C>, BuildError> {
+        let keys = KeySpace::new(
+            self.prefix.as_deref(),
+            &self.namespace,
+            self.schema_version,
+            self.max_key_bytes,
+        )?;
+        let valid_ttl = |what: &'static str, d: Duration| {
+            Ttl::checked(d).map_err(|reason| BuildError::InvalidTtl { what, ttl: d, reason })
+        };
+        let ttl = valid_ttl("ttl", self.ttl)?;
+        let negative_ttl = self
+            .negative_ttl
+            .map(|d| valid_ttl("negative_ttl", d))
+            .transpose()?;
+        if !(0.0..=1.0).contains(&self.ttl_jitter) {
+            return Err(BuildError::OutOfRange {
+                what: "ttl_jitter",
+                reason: format!("{} is not within 0.0–1.0", self.ttl_jitter),
+            });
+        }
+        if self.max_value_bytes <= crate::envelope::HEADER_BYTES {
+            return Err(BuildError::OutOfRange {
+                what: "max_value_bytes",
+                reason: format!(
+                    "{} bytes cannot hold the {}-byte entry header",
+                    self.max_value_bytes,
+                    crate::envelope::HEADER_BYTES
+                ),
+            });
+        }
+        if self.max_key_bytes == 0 {
+            return Err(BuildError::OutOfRange {
+                what: "max_key_bytes",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(EmbeddedStore::default()));
+        Ok(Cache::from_inner(Inner {
+            stats: Recorder::new(&self.namespace),
+            namespace: self.namespace,
+            keys,
+            store,
+            codec: self.codec,
+            ttl,
+            ttl_jitter: self.ttl_jitter,
+            negative_ttl,
+            max_value_bytes: self.max_value_bytes,
+            flights: Flights::default(),
+            _value: PhantomData,
+        }))
+    }
+}

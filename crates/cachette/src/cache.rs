@@ -1,0 +1,593 @@
+//! `Cache`: typed cache-aside over a [`Store`].
+//!
+//! One `Cache` is one namespace holding one value type. Reads decode the
+//! envelope and the payload; anything unreadable is a counted miss. Writes
+//! encode, check the size limit, and only then touch the store, so a bad
+//! value never leaves a half-written state. Loads go through the flight map
+//! so each key is loaded at most once at a time in this process.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::builder::CacheBuilder;
+use crate::codec::{Codec, Json};
+use crate::envelope::{self, InvalidEntry, Meta, flags};
+use crate::flight::{Failure, Flight, Flights, Outcome, Role, Settle};
+use crate::key::KeySpace;
+use crate::stats::{Recorder, Stats};
+use crate::store::{Store, StoreEntry};
+use crate::{BoxError, Error, Ttl};
+
+/// What a cache may hold: serde both ways, cloned out to each waiter of a load.
+pub trait Value: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Value for T {}
+
+/// A typed cache for one namespace. Cheap to clone: clones share everything.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use cachette::Cache;
+///
+/// let users: Cache<String> = Cache::builder("user")
+///     .schema_version(2)
+///     .ttl(Duration::from_secs(600))
+///     .build()?; // embedded store by default
+///
+/// let name = users
+///     .get_or_load("42", || async { Ok::<_, std::io::Error>("Ada".to_string()) })
+///     .await?;
+/// assert_eq!(name, "Ada");
+/// assert_eq!(users.get("42").await?, Some("Ada".to_string()));
+/// assert_eq!(users.stats().loads, 1);
+/// # Ok(()) }
+/// ```
+pub struct Cache<V, C = Json> {
+    inner: Arc<Inner<V, C>>,
+}
+
+pub(crate) struct Inner<V, C> {
+    pub(crate) namespace: String,
+    pub(crate) keys: KeySpace,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) codec: C,
+    pub(crate) ttl: Ttl,
+    pub(crate) ttl_jitter: f64,
+    pub(crate) negative_ttl: Option<Ttl>,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) stats: Recorder,
+    pub(crate) flights: Flights<V>,
+    pub(crate) _value: PhantomData<fn() -> V>,
+}
+
+impl<V, C> Clone for Cache<V, C> {
+    fn clone(&self) -> Self {
+        Cache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<V, C: fmt::Debug> fmt::Debug for Cache<V, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("Cache")
+            .field("namespace", &i.namespace)
+            .field("key_prefix", &i.keys.head())
+            .field("store", &i.store)
+            .field("codec", &i.codec)
+            .field("ttl", &i.ttl)
+            .field("ttl_jitter", &i.ttl_jitter)
+            .field("negative_ttl", &i.negative_ttl)
+            .field("max_value_bytes", &i.max_value_bytes)
+            .finish()
+    }
+}
+
+/// What a read found.
+enum Found<V> {
+    Value(V),
+    /// A cached "not found".
+    Absent,
+    Nothing,
+}
+
+impl<V: Value> Cache<V, Json> {
+    /// A builder for a cache of namespace `namespace` (1–64 characters from
+    /// `A-Z a-z 0-9 _ - .`).
+    pub fn builder(namespace: impl Into<String>) -> CacheBuilder<V, Json> {
+        CacheBuilder::new(namespace.into())
+    }
+}
+
+impl<V: Value, C: Codec> Cache<V, C> {
+    pub(crate) fn from_inner(inner: Inner<V, C>) -> Self {
+        Cache {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The store under this cache.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The key this cache uses in the store for `key` (see the key layout in
+    /// the crate docs), for tools that inspect the store directly.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] for an empty key.
+    pub fn store_key(&self, key: &str) -> Result<String, Error> {
+        self.inner.keys.store_key(key)
+    }
+
+    /// A snapshot of this namespace's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
+    }
+
+    /// The cached value of `key`. A cached "not found" reads as `None`.
+    ///
+    /// A stored empty string, `0`, `false` or `null` is a hit: the envelope
+    /// tells an empty value from a missing key.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store fails: a plain read cannot tell a miss
+    /// from an outage on its own, so it says so. (Loads fail open instead.)
+    pub async fn get(&self, key: &str) -> Result<Option<V>, Error> {
+        let skey = self.inner.keys.store_key(key)?;
+        match self.read(&skey).await? {
+            Found::Value(v) => Ok(Some(v)),
+            Found::Absent | Found::Nothing => Ok(None),
+        }
+    }
+
+    /// The cached values of `keys`, in order: one store round trip (MGET).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] for an empty key; [`Error::Store`].
+    pub async fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Option<V>>, Error> {
+        let skeys = keys
+            .iter()
+            .map(|k| self.inner.keys.store_key(k.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let raw = self.inner.store.get_many(&skeys).await.map_err(|e| {
+            self.inner.stats.store_error(&e);
+            e
+        })?;
+        self.inner.stats.store_ok();
+        Ok(raw
+            .iter()
+            .map(|bytes| match self.decode(bytes.as_deref()) {
+                Found::Value(v) => Some(v),
+                Found::Absent | Found::Nothing => None,
+            })
+            .collect())
+    }
+
+    /// Stores `value` under `key` for the namespace's TTL (with jitter).
+    ///
+    /// # Errors
+    /// [`Error::Serialize`] or [`Error::ValueTooLarge`], and nothing is
+    /// written; [`Error::Store`].
+    pub async fn set(&self, key: &str, value: &V) -> Result<(), Error> {
+        self.set_for(key, value, self.inner.ttl.get()).await
+    }
+
+    /// Stores `value` under `key` for `ttl` (with jitter).
+    ///
+    /// # Errors
+    /// As [`Cache::set`], plus [`Error::InvalidTtl`].
+    pub async fn set_for(&self, key: &str, value: &V, ttl: std::time::Duration) -> Result<(), Error> {
+        let ttl = Ttl::new(ttl)?.jittered(self.inner.ttl_jitter);
+        let skey = self.inner.keys.store_key(key)?;
+        let bytes = self.encode(Some(value), ttl)?;
+        self.inner.flights.void(&skey).await;
+        self.write(&skey, bytes, ttl).await
+    }
+
+    /// Stores every `(key, value)` pair for the namespace's TTL: one store
+    /// round trip (a pipeline). Every value is encoded and checked first; if
+    /// any is refused, nothing is written.
+    ///
+    /// # Errors
+    /// As [`Cache::set`].
+    pub async fn set_many<K: AsRef<str>>(&self, entries: &[(K, V)]) -> Result<(), Error> {
+        let mut batch = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let ttl = self.inner.ttl.jittered(self.inner.ttl_jitter);
+            batch.push(StoreEntry {
+                key: self.inner.keys.store_key(key.as_ref())?,
+                value: self.encode(Some(value), ttl)?,
+                ttl,
+            });
+        }
+        for entry in &batch {
+            self.inner.flights.void(&entry.key).await;
+        }
+        self.inner.store.set_many(&batch).await.map_err(|e| {
+            self.inner.stats.store_error(&e);
+            e
+        })?;
+        self.inner.stats.store_ok();
+        Ok(())
+    }
+
+    /// Removes `key`; true if an entry was there. A load of `key` in flight
+    /// in this process will not fill the cache afterwards.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn delete(&self, key: &str) -> Result<bool, Error> {
+        let skey = self.inner.keys.store_key(key)?;
+        self.inner.flights.void(&skey).await;
+        let removed = self.inner.store.delete(&skey).await.map_err(|e| {
+            self.inner.stats.store_error(&e);
+            e
+        })?;
+        self.inner.stats.store_ok();
+        Ok(removed)
+    }
+
+    /// Cache-aside: the cached value of `key`, or the loader's, which is then
+    /// cached for the namespace's TTL.
+    ///
+    /// Concurrent misses of one key in this process run the loader once; the
+    /// load runs as its own task (so `loader` is `'static`), and cancelling
+    /// the caller that started it does not cancel it or fail the others.
+    ///
+    /// Loads fail open: if the store is down the loader still runs and its
+    /// value is returned; a value that cannot be cached (store down, too
+    /// large, unserializable) is returned all the same and counted.
+    ///
+    /// # Errors
+    /// [`Error::Load`] with the loader's error (not cached; every waiter of
+    /// the load gets it), [`Error::LoaderPanicked`], [`Error::InvalidKey`].
+    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F) -> Result<V, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.get_or_load_for(key, self.inner.ttl.get(), loader).await
+    }
+
+    /// [`Cache::get_or_load`] with its own TTL for the loaded value.
+    ///
+    /// # Errors
+    /// As [`Cache::get_or_load`], plus [`Error::InvalidTtl`].
+    pub async fn get_or_load_for<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: std::time::Duration,
+        loader: F,
+    ) -> Result<V, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let ttl = Ttl::new(ttl)?;
+        let loaded = self
+            .load(key, ttl, false, move || async move { loader().await.map(Some) })
+            .await?;
+        loaded.ok_or_else(|| Error::Load {
+            namespace: self.inner.namespace.clone(),
+            source: Arc::new(NotFound),
+        })
+    }
+
+    /// Cache-aside for values that may not exist: the loader answers
+    /// `Ok(None)` for "not found". With a negative TTL configured
+    /// ([`CacheBuilder::negative_ttl`]) that answer is cached too, so a
+    /// flood of requests for a missing id does not reach the source.
+    ///
+    /// # Errors
+    /// As [`Cache::get_or_load`].
+    pub async fn get_or_load_optional<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+    ) -> Result<Option<V>, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.load(key, self.inner.ttl, true, loader).await
+    }
+
+    /// Write-through: persists to the source first, then puts the value it
+    /// returns in the cache.
+    ///
+    /// Source first, because the source is the truth: if the cache were
+    /// written first and the source then refused the write, readers would be
+    /// served a value that never existed. If the cache update fails after
+    /// the source accepted the write, the entry is deleted instead, so the
+    /// old value is not served; if that fails too, it is logged and the old
+    /// value can live until its TTL. A load of the key in flight in this
+    /// process is voided so it cannot land the pre-write value afterwards.
+    ///
+    /// # Errors
+    /// [`Error::Write`] when `persist` fails; the cache is not touched.
+    pub async fn write_through<Fut, E>(&self, key: &str, persist: Fut) -> Result<V, Error>
+    where
+        Fut: Future<Output = Result<V, E>>,
+        E: Into<BoxError>,
+    {
+        let skey = self.inner.keys.store_key(key)?;
+        let value = persist.await.map_err(|e| Error::Write {
+            namespace: self.inner.namespace.clone(),
+            source: e.into(),
+        })?;
+        self.inner.flights.void(&skey).await;
+        let ttl = self.inner.ttl.jittered(self.inner.ttl_jitter);
+        let written = match self.encode(Some(&value), ttl) {
+            Ok(bytes) => self.write(&skey, bytes, ttl).await,
+            Err(e) => Err(e),
+        };
+        if let Err(err) = written {
+            tracing::warn!(namespace = %self.inner.namespace, error = %err, "write-through could not update the cache; deleting the entry");
+            if let Err(e) = self.inner.store.delete(&skey).await {
+                self.inner.stats.store_error(&e);
+                tracing::error!(namespace = %self.inner.namespace, error = %e, "could not delete the entry either; the old value may be served until its TTL");
+            }
+        }
+        Ok(value)
+    }
+
+    /// The shared path of every load.
+    async fn load<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Ttl,
+        optional: bool,
+        loader: F,
+    ) -> Result<Option<V>, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let skey = self.inner.keys.store_key(key)?;
+        match self.read(&skey).await {
+            Ok(Found::Value(v)) => return Ok(Some(v)),
+            Ok(Found::Absent) if optional => return Ok(None),
+            // A store outage is already counted and logged: fail open.
+            Ok(_) | Err(_) => {}
+        }
+        let flight = match self.inner.flights.join(&skey) {
+            Role::Follower(flight) => flight,
+            Role::Leader(flight, settle) => {
+                let task = self
+                    .clone()
+                    .fly(skey, Arc::clone(&flight), settle, ttl, optional, loader);
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn(task)),
+                    // Outside a Tokio runtime the load cannot outlive its
+                    // caller; run it here rather than fail.
+                    Err(_) => task.await,
+                }
+                flight
+            }
+        };
+        match flight.outcome().await {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(Failure::Loader(source))) => Err(Error::Load {
+                namespace: self.inner.namespace.clone(),
+                source,
+            }),
+            Some(Err(Failure::Panicked(message))) => Err(Error::LoaderPanicked {
+                namespace: self.inner.namespace.clone(),
+                message,
+            }),
+            None => Err(Error::LoadAbandoned {
+                namespace: self.inner.namespace.clone(),
+            }),
+        }
+    }
+
+    /// The body of a flight: runs detached from any caller.
+    async fn fly<F, Fut, E>(
+        self,
+        skey: String,
+        flight: Arc<Flight<V>>,
+        settle: Settle<V>,
+        ttl: Ttl,
+        optional: bool,
+        loader: F,
+    ) where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let outcome = self.run_flight(&skey, &flight, ttl, optional, loader).await;
+        // Leave the map before waking the waiters: a caller arriving after
+        // this either finds the filled entry or starts a new flight.
+        self.inner.flights.finish(&skey, &flight);
+        settle.settle(outcome);
+    }
+
+    async fn run_flight<F, Fut, E>(
+        &self,
+        skey: &str,
+        flight: &Flight<V>,
+        ttl: Ttl,
+        optional: bool,
+        loader: F,
+    ) -> Outcome<V>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        // Check again: a flight that finished between our caller's read and
+        // this flight's start has already filled the entry.
+        if let Ok(Some(bytes)) = self.inner.store.get(skey).await {
+            match self.decode_quiet(&bytes) {
+                Ok(Found::Value(v)) => return Ok(Some(v)),
+                Ok(Found::Absent) if optional => return Ok(None),
+                _ => {}
+            }
+        }
+        // Scoped so the loader's error (which need not be `Send`) is
+        // converted before the next await.
+        let value = {
+            let started = Instant::now();
+            let result = AssertUnwindSafe(async move { loader().await })
+                .catch_unwind()
+                .await;
+            self.inner.stats.load(started.elapsed());
+            match result {
+                Ok(Ok(value)) => value,
+                Ok(Err(err)) => {
+                    self.inner.stats.load_error();
+                    return Err(Failure::Loader(Arc::from(err.into())));
+                }
+                Err(panic) => {
+                    self.inner.stats.load_error();
+                    return Err(Failure::Panicked(panic_message(panic.as_ref())));
+                }
+            }
+        };
+        let fill_ttl = match (&value, self.inner.negative_ttl) {
+            (Some(_), _) => Some(ttl.jittered(self.inner.ttl_jitter)),
+            (None, Some(negative)) if optional => Some(negative),
+            (None, _) => None,
+        };
+        if let Some(fill_ttl) = fill_ttl {
+            match self.encode(value.as_ref(), fill_ttl) {
+                Ok(bytes) => {
+                    let filled = flight
+                        .fill_unless_voided(async {
+                            // Failures are counted and logged in `write`; the
+                            // loaded value is served regardless.
+                            let _ = self.write(skey, bytes, fill_ttl).await;
+                        })
+                        .await;
+                    if !filled {
+                        tracing::debug!(namespace = %self.inner.namespace, "load voided by a concurrent write; not cached");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(namespace = %self.inner.namespace, error = %err, "loaded value not cached");
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    async fn write(&self, skey: &str, bytes: Bytes, ttl: Ttl) -> Result<(), Error> {
+        match self.inner.store.set(skey, bytes, ttl).await {
+            Ok(()) => {
+                self.inner.stats.store_ok();
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.stats.store_error(&e);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Reads and decodes, counting the hit or miss.
+    async fn read(&self, skey: &str) -> Result<Found<V>, Error> {
+        match self.inner.store.get(skey).await {
+            Ok(bytes) => {
+                self.inner.stats.store_ok();
+                Ok(self.decode(bytes.as_deref()))
+            }
+            Err(e) => {
+                self.inner.stats.store_error(&e);
+                self.inner.stats.miss();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Decodes stored bytes, counting the hit or miss and any invalid entry.
+    fn decode(&self, bytes: Option<&[u8]>) -> Found<V> {
+        let found = match bytes.map(|b| self.decode_quiet(b)) {
+            None => Found::Nothing,
+            Some(Ok(found)) => found,
+            Some(Err(why)) => {
+                self.inner.stats.invalid_entry(&why);
+                Found::Nothing
+            }
+        };
+        match found {
+            Found::Nothing => self.inner.stats.miss(),
+            _ => self.inner.stats.hit(),
+        }
+        found
+    }
+
+    fn decode_quiet(&self, bytes: &[u8]) -> Result<Found<V>, InvalidEntry> {
+        let entry = envelope::decode(bytes)?;
+        if entry.meta.is_negative() {
+            return Ok(Found::Absent);
+        }
+        self.inner
+            .codec
+            .decode(entry.payload)
+            .map(Found::Value)
+            .map_err(|_| InvalidEntry::Undecodable)
+    }
+
+    fn encode(&self, value: Option<&V>, ttl: Ttl) -> Result<Bytes, Error> {
+        let flags = if value.is_some() { 0 } else { flags::NEGATIVE };
+        let bytes = envelope::encode(Meta::new(flags, ttl.get()), |out| match value {
+            Some(v) => self.inner.codec.encode(v, out),
+            None => Ok(()),
+        })
+        .map_err(|source| Error::Serialize {
+            namespace: self.inner.namespace.clone(),
+            source,
+        })?;
+        if bytes.len() > self.inner.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                namespace: self.inner.namespace.clone(),
+                size: bytes.len(),
+                max: self.inner.max_value_bytes,
+            });
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    /// Loads in flight in this process now.
+    pub fn loads_in_flight(&self) -> usize {
+        self.inner.flights.len()
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// The error a `get_or_load` caller gets when it joined a
+/// `get_or_load_optional` load of the same key whose loader found nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("the loader reported the key absent")]
+pub struct NotFound;

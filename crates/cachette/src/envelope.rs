@@ -1,0 +1,313 @@
+//! The stored entry format: a small versioned binary envelope around the
+//! serialized value.
+//!
+//! Raw serialized values cannot tell a cached `""` from a missing key, carry
+//! no times for stale-while-revalidate, and give no way to recognise another
+//! application's value under the same key. So every value is wrapped:
+//!
+//! ```text
+//! offset  size  field
+//!      0     2  magic 0xCA 0xC7
+//!      2     1  format version (1)
+//!      3     1  flags: bit 0 NEGATIVE (a cached "not found", empty payload);
+//!               bit 1 COMPRESSED (reserved); other bits must be 0
+//!      4     8  created_at   unix ms, u64 little endian
+//!     12     8  fresh_until  unix ms: served as fresh until then
+//!     20     8  stale_until  unix ms: usable as a stale fallback until then
+//!     28     2  extensions length E, u16 LE
+//!     30     E  extensions: records of [type u8][len u16 LE][len bytes]
+//!   30+E     4  payload length P, u32 LE
+//!   34+E     P  payload: the value as written by the codec (JSON by default)
+//! ```
+//!
+//! Extensions are the room later capabilities need (an entry version for
+//! fenced fills, tags, the last load's duration for early refresh). A type
+//! with the high bit set is *critical*: a reader that does not know it must
+//! treat the entry as unreadable, because ignoring it could serve a value
+//! that should not be served (say, one whose tag was invalidated). Unknown
+//! non-critical types are skipped.
+//!
+//! Bytes that do not parse (another application's value, a truncated write,
+//! a future format version, unknown flags) decode to an [`InvalidEntry`],
+//! which the cache counts and treats as a miss: never a panic, never an
+//! error to the caller.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// First two bytes of every entry. Not valid UTF-8, so no text value starts so.
+pub const MAGIC: [u8; 2] = [0xCA, 0xC7];
+/// The format version written by this build.
+pub const FORMAT_VERSION: u8 = 1;
+/// Bytes in an envelope around an empty payload with no extensions.
+pub const HEADER_BYTES: usize = 34;
+
+/// Entry flags.
+pub(crate) mod flags {
+    /// A cached "not found": the payload is empty.
+    pub(crate) const NEGATIVE: u8 = 0b0000_0001;
+    /// Reserved for compressed payloads; refused until a codec writes it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) const COMPRESSED: u8 = 0b0000_0010;
+    /// Flags this build understands.
+    pub(crate) const KNOWN: u8 = NEGATIVE;
+}
+
+/// Extension types with the high bit set must be understood to read the entry.
+const CRITICAL: u8 = 0x80;
+
+/// Why stored bytes could not be read as an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidEntry {
+    /// Not a cachette entry (no magic bytes): another application's value.
+    #[error("not a cachette entry")]
+    Foreign,
+    /// Shorter than its own header or length fields say.
+    #[error("truncated entry")]
+    Truncated,
+    /// Bytes after the payload.
+    #[error("trailing bytes after the payload")]
+    Trailing,
+    /// Written by a newer (or unknown) format version.
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u8),
+    /// Flags this build does not know.
+    #[error("unknown flags {0:#010b}")]
+    UnknownFlags(u8),
+    /// A critical extension this build does not know.
+    #[error("unknown critical extension {0:#04x}")]
+    UnknownCriticalExtension(u8),
+    /// The payload did not deserialize into the cache's value type.
+    #[error("payload does not decode as the value type")]
+    Undecodable,
+}
+
+/// The header fields of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) flags: u8,
+    pub(crate) created_at_ms: u64,
+    pub(crate) fresh_until_ms: u64,
+    pub(crate) stale_until_ms: u64,
+}
+
+impl Meta {
+    /// Header for an entry written now that lives for `ttl`.
+    pub(crate) fn new(flags: u8, ttl: Duration) -> Meta {
+        let now = unix_ms(SystemTime::now());
+        let until = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        Meta {
+            flags,
+            created_at_ms: now,
+            fresh_until_ms: until,
+            stale_until_ms: until,
+        }
+    }
+
+    pub(crate) fn is_negative(&self) -> bool {
+        self.flags & flags::NEGATIVE != 0
+    }
+}
+
+/// A parsed entry borrowing its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryRef<'a> {
+    pub(crate) meta: Meta,
+    pub(crate) payload: &'a [u8],
+}
+
+/// Writes an envelope whose payload is produced by `write_payload`.
+///
+/// The payload is serialized straight into the output buffer, then its
+/// length is patched in: one allocation per entry.
+pub(crate) fn encode<E>(
+    meta: Meta,
+    write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(meta.flags);
+    out.extend_from_slice(&meta.created_at_ms.to_le_bytes());
+    out.extend_from_slice(&meta.fresh_until_ms.to_le_bytes());
+    out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes()); // no extensions yet
+    let len_at = out.len();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    write_payload(&mut out)?;
+    let payload_len = out.len() - len_at - 4;
+    // A payload over 4 GiB cannot be described; callers cap sizes far below.
+    let len = u32::try_from(payload_len).unwrap_or(u32::MAX);
+    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(out)
+}
+
+/// Parses an envelope. Never panics, whatever the bytes.
+pub(crate) fn decode(bytes: &[u8]) -> Result<EntryRef<'_>, InvalidEntry> {
+    let mut r = Reader { bytes, at: 0 };
+    if r.take(2).map_err(|_| InvalidEntry::Foreign)? != MAGIC {
+        return Err(InvalidEntry::Foreign);
+    }
+    let version = r.u8()?;
+    if version != FORMAT_VERSION {
+        return Err(InvalidEntry::UnsupportedVersion(version));
+    }
+    let flags = r.u8()?;
+    if flags & !flags::KNOWN != 0 {
+        return Err(InvalidEntry::UnknownFlags(flags));
+    }
+    let meta = Meta {
+        flags,
+        created_at_ms: r.u64()?,
+        fresh_until_ms: r.u64()?,
+        stale_until_ms: r.u64()?,
+    };
+    let ext_len = usize::from(r.u16()?);
+    let mut ext = Reader {
+        bytes: r.take(ext_len)?,
+        at: 0,
+    };
+    while ext.at < ext.bytes.len() {
+        let kind = ext.u8()?;
+        let len = usize::from(ext.u16()?);
+        ext.take(len)?;
+        if kind & CRITICAL != 0 {
+            return Err(InvalidEntry::UnknownCriticalExtension(kind));
+        }
+    }
+    let payload_len = usize::try_from(r.u32()?).map_err(|_| InvalidEntry::Truncated)?;
+    let payload = r.take(payload_len)?;
+    if r.at != bytes.len() {
+        return Err(InvalidEntry::Trailing);
+    }
+    Ok(EntryRef { meta, payload })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], InvalidEntry> {
+        let end = self.at.checked_add(n).ok_or(InvalidEntry::Truncated)?;
+        let slice = self.bytes.get(self.at..end).ok_or(InvalidEntry::Truncated)?;
+        self.at = end;
+        Ok(slice)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], InvalidEntry> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, InvalidEntry> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, InvalidEntry> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, InvalidEntry> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, InvalidEntry> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(flags: u8, payload: &[u8]) -> Vec<u8> {
+        let meta = Meta::new(flags, Duration::from_secs(60));
+        encode::<()>(meta, |out| {
+            out.extend_from_slice(payload);
+            Ok(())
+        })
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn round_trips_header_and_payload() {
+        let bytes = sample(0, b"\"\"");
+        assert_eq!(bytes.len(), HEADER_BYTES + 2);
+        let entry = decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(entry.payload, b"\"\"");
+        assert!(!entry.meta.is_negative());
+        assert_eq!(entry.meta.fresh_until_ms - entry.meta.created_at_ms, 60_000);
+        let neg = sample(flags::NEGATIVE, b"");
+        assert!(decode(&neg).map(|e| e.meta.is_negative()).unwrap_or(false));
+    }
+
+    #[test]
+    fn every_truncation_is_invalid_not_a_panic() {
+        let bytes = sample(0, b"{\"a\":1}");
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes parsed");
+        }
+    }
+
+    #[test]
+    fn foreign_future_and_unknown_are_rejected() {
+        assert_eq!(decode(b"{\"json\":true}"), Err(InvalidEntry::Foreign));
+        assert_eq!(decode(b""), Err(InvalidEntry::Foreign));
+        let mut future = sample(0, b"1");
+        future[2] = 2;
+        assert_eq!(decode(&future), Err(InvalidEntry::UnsupportedVersion(2)));
+        let mut flagged = sample(0, b"1");
+        flagged[3] = flags::COMPRESSED;
+        assert_eq!(decode(&flagged), Err(InvalidEntry::UnknownFlags(flags::COMPRESSED)));
+        let mut trailing = sample(0, b"1");
+        trailing.push(0);
+        assert_eq!(decode(&trailing), Err(InvalidEntry::Trailing));
+    }
+
+    #[test]
+    fn unknown_extensions_are_skipped_unless_critical() {
+        let with_ext = |kind: u8| {
+            let mut b = sample(0, b"7");
+            // Splice one 2-byte extension record in at offset 30.
+            b[28..30].copy_from_slice(&5u16.to_le_bytes());
+            let rec = [kind, 2, 0, 0xAA, 0xBB];
+            b.splice(30..30, rec);
+            b
+        };
+        assert_eq!(decode(&with_ext(0x01)).map(|e| e.payload), Ok(&b"7"[..]));
+        assert_eq!(
+            decode(&with_ext(0x81)),
+            Err(InvalidEntry::UnknownCriticalExtension(0x81))
+        );
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap deterministic fuzz: every byte value at every offset of a
+        // valid entry, plus pseudo-random buffers.
+        let base = sample(0, b"[1,2,3]");
+        for i in 0..base.len() {
+            for v in [0u8, 1, 0x7f, 0x80, 0xff] {
+                let mut b = base.clone();
+                b[i] = v;
+                let _ = decode(&b);
+            }
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for len in 0..200 {
+            let buf: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = decode(&buf);
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! cachette: typed cache-aside for Rust services, over an embedded
+//! in-process store or Redis, without the classic caching bugs.
+//!
+//! # A tour
+//!
+//! * [`Cache`] is one namespace of one value type, made by
+//!   [`Cache::builder`]. It reads and writes typed values through serde
+//!   ([`Json`] by default) and always with a TTL: there is no way to store
+//!   an entry that never expires ([`Ttl`]).
+//! * [`Cache::get_or_load`] is cache-aside. Concurrent misses of one key run
+//!   the loader once ([`flight`](crate#single-flight)); the load belongs to
+//!   the flight, not to the first caller, so a caller that gives up does not
+//!   cancel it for the others; a panicking loader is an error for every
+//!   waiter; loader errors are returned and never cached. "Not found" can be
+//!   cached for a short negative TTL ([`Cache::get_or_load_optional`]).
+//! * [`ReadThrough`] binds a [`Loader`] to a cache so callers only say
+//!   `get(key)`; [`Cache::write_through`] persists to the source first and
+//!   then updates the cache.
+//! * Stores sit behind the small [`Store`](store::Store) trait:
+//!   [`EmbeddedStore`](store::EmbeddedStore) (the default, bounded by bytes)
+//!   and [`RedisStore`](store::RedisStore). One conformance suite runs
+//!   against both.
+//! * Every entry is wrapped in a small versioned [`envelope`], so a cached
+//!   `""`, `0`, `false` or `null` is a hit, and another application's value,
+//!   a truncated one or a future format reads as a counted miss, never as
+//!   an error or a panic.
+//! * [`Cache::stats`] gives hits, misses, loads, load errors and the hit
+//!   rate per namespace; the same events go to the `metrics` facade.
+//!
+//! # Key layout
+//!
+//! `[prefix:]namespace:v<schema>:{key}` — the schema version lets a deploy
+//! that changes a value's shape start on fresh keys; the key sits in a
+//! Redis Cluster hash tag so all keys of one entry share a slot. Keys over
+//! [`CacheBuilder::max_key_bytes`] (200 by default), or starting with `#`,
+//! are stored as `{#<sha256 hex>}`.
+//!
+//! # Single flight
+//!
+//! See the `flight` module docs in the source: one task per loading key,
+//! waiters subscribe to its outcome, and writes void an in-flight load so
+//! it cannot land a value read before the write.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use cachette::{Cache, store::EmbeddedStore};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct Product { id: u64, name: String }
+//!
+//! let store = EmbeddedStore::new(256 * 1024 * 1024);
+//! let products: Cache<Product> = Cache::builder("product")
+//!     .schema_version(1)
+//!     .ttl(Duration::from_secs(600))
+//!     .ttl_jitter(0.1)
+//!     .store(store.clone())
+//!     .build()?;
+//!
+//! let p = products
+//!     .get_or_load("7", || async {
+//!         // the database query goes here
+//!         Ok::<_, std::io::Error>(Product { id: 7, name: "lamp".into() })
+//!     })
+//!     .await?;
+//! assert_eq!(p.name, "lamp");
+//! # Ok(()) }
+//! ```
+
+mod builder;
+mod cache;
+mod codec;
+mod error;
+mod flight;
+mod key;
+mod loader;
+mod stats;
+mod ttl;
+
+pub mod envelope;
+pub mod store;
+
+pub use crate::builder::{CacheBuilder, DEFAULT_MAX_VALUE_BYTES};
+pub use crate::cache::{Cache, NotFound, Value};
+pub use crate::codec::{Codec, Json};
+pub use crate::error::{BoxError, BuildError, Error};
+pub use crate::key::DEFAULT_MAX_KEY_BYTES;
+pub use crate::loader::{Loader, ReadThrough};
+pub use crate::stats::Stats;
+pub use crate::ttl::Ttl;

@@ -1,0 +1,160 @@
+//! Per-namespace counters, readable in process and exported through the
+//! `metrics` facade.
+//!
+//! The hit rate per namespace is the first number to look at when a cache
+//! misbehaves (too-specific keys, TTLs too short), so every cache counts its
+//! own. The counters are plain atomics for [`Cache::stats`](crate::Cache::stats);
+//! the same events go to the `metrics` facade so any exporter the
+//! application installs (Prometheus, OpenTelemetry) sees them:
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `cachette_requests_total` | `namespace`, `result` = `hit` / `miss` |
+//! | `cachette_loads_total` | `namespace` |
+//! | `cachette_load_errors_total` | `namespace` |
+//! | `cachette_invalid_entries_total` | `namespace` |
+//! | `cachette_store_errors_total` | `namespace` |
+//! | `cachette_load_duration_seconds` (histogram) | `namespace` |
+//!
+//! Metric handles are registered when the cache is built, so install the
+//! application's recorder before building caches.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+
+use crate::store::StoreError;
+
+/// A snapshot of one namespace's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The namespace these counters belong to.
+    pub namespace: String,
+    /// Reads that found an entry (a cached "not found" included).
+    pub hits: u64,
+    /// Reads that found nothing usable.
+    pub misses: u64,
+    /// Loader runs.
+    pub loads: u64,
+    /// Loader runs that failed or panicked.
+    pub load_errors: u64,
+    /// Stored bytes that were not a readable entry (foreign, truncated,
+    /// future format, or not decodable as the value type); read as misses.
+    pub invalid_entries: u64,
+    /// Store calls that failed or timed out.
+    pub store_errors: u64,
+}
+
+impl Stats {
+    /// hits / (hits + misses), or 0 before the first read.
+    pub fn hit_rate(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Event {
+    count: AtomicU64,
+    metric: Counter,
+}
+
+impl Event {
+    fn new(name: &'static str, namespace: &str, result: Option<&'static str>) -> Event {
+        let metric = match result {
+            Some(result) => metrics::counter!(name, "namespace" => namespace.to_owned(), "result" => result),
+            None => metrics::counter!(name, "namespace" => namespace.to_owned()),
+        };
+        Event {
+            count: AtomicU64::new(0),
+            metric,
+        }
+    }
+    fn add(&self, n: u64) {
+        self.count.fetch_add(n, Relaxed);
+        self.metric.increment(n);
+    }
+    fn get(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+}
+
+/// The live counters of one cache.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    namespace: String,
+    hits: Event,
+    misses: Event,
+    loads: Event,
+    load_errors: Event,
+    invalid_entries: Event,
+    store_errors: Event,
+    load_duration: Histogram,
+    /// False after a store error until the next success, so an outage is
+    /// logged once when it starts and once when it ends, not per call.
+    store_healthy: AtomicBool,
+}
+
+impl Recorder {
+    pub(crate) fn new(namespace: &str) -> Recorder {
+        Recorder {
+            namespace: namespace.to_owned(),
+            hits: Event::new("cachette_requests_total", namespace, Some("hit")),
+            misses: Event::new("cachette_requests_total", namespace, Some("miss")),
+            loads: Event::new("cachette_loads_total", namespace, None),
+            load_errors: Event::new("cachette_load_errors_total", namespace, None),
+            invalid_entries: Event::new("cachette_invalid_entries_total", namespace, None),
+            store_errors: Event::new("cachette_store_errors_total", namespace, None),
+            load_duration: metrics::histogram!("cachette_load_duration_seconds", "namespace" => namespace.to_owned()),
+            store_healthy: AtomicBool::new(true),
+        }
+    }
+
+    pub(crate) fn hit(&self) {
+        self.hits.add(1);
+    }
+    pub(crate) fn miss(&self) {
+        self.misses.add(1);
+    }
+    pub(crate) fn load(&self, took: Duration) {
+        self.loads.add(1);
+        self.load_duration.record(took.as_secs_f64());
+    }
+    pub(crate) fn load_error(&self) {
+        self.load_errors.add(1);
+    }
+    pub(crate) fn invalid_entry(&self, why: &crate::envelope::InvalidEntry) {
+        self.invalid_entries.add(1);
+        tracing::debug!(namespace = %self.namespace, reason = %why, "unreadable entry read as a miss");
+    }
+
+    pub(crate) fn store_error(&self, err: &StoreError) {
+        self.store_errors.add(1);
+        if self.store_healthy.swap(false, Relaxed) {
+            tracing::warn!(namespace = %self.namespace, error = %err, "cache store failing; reads fall back to loaders");
+        }
+    }
+    pub(crate) fn store_ok(&self) {
+        if !self.store_healthy.load(Relaxed) && !self.store_healthy.swap(true, Relaxed) {
+            tracing::info!(namespace = %self.namespace, "cache store answering again");
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            namespace: self.namespace.clone(),
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            loads: self.loads.get(),
+            load_errors: self.load_errors.get(),
+            invalid_entries: self.invalid_entries.get(),
+            store_errors: self.store_errors.get(),
+        }
+    }
+}

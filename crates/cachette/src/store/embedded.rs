@@ -1,0 +1,177 @@
+//! The embedded store: entries in this process, bounded by total bytes.
+//!
+//! Built on moka's concurrent cache (TinyLFU admission, LRU eviction), which
+//! already does the hard parts: lock-free reads, a byte weigher, and
+//! per-entry expiry through its timer wheel. We add only the byte accounting
+//! and the TTL of each entry. Rejected: a hand-written sharded LRU (more code
+//! to get wrong, worse hit ratio than TinyLFU on skewed traffic).
+//!
+//! The budget counts the key, the value *and* a fixed per-entry overhead
+//! ([`EmbeddedStore::ENTRY_OVERHEAD`], measured — see the README's memory
+//! figures), so the budget bounds resident memory, not just payload bytes.
+//! moka evicts lazily, in batches during later calls: the weighted size can
+//! pass the budget briefly between two maintenance runs.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use moka::Expiry;
+use moka::sync::Cache as MokaCache;
+
+use super::{Store, StoreEntry, StoreError, StoreKind};
+use crate::Ttl;
+
+#[derive(Debug, Clone)]
+struct Slot {
+    value: Bytes,
+    ttl: Duration,
+    /// Checked on delete so that `delete` answers like Redis `DEL` for an
+    /// expired entry moka has not evicted yet.
+    expires_at: Instant,
+}
+
+/// Each entry expires after its own TTL, also when overwritten.
+struct PerEntryTtl;
+
+impl Expiry<String, Slot> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, slot: &Slot, _: Instant) -> Option<Duration> {
+        Some(slot.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _: &String,
+        slot: &Slot,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(slot.ttl)
+    }
+}
+
+/// An in-process store bounded by total bytes. Cheap to clone: clones share
+/// the same entries.
+///
+/// ```
+/// use cachette::store::EmbeddedStore;
+///
+/// let store = EmbeddedStore::new(64 * 1024 * 1024); // 64 MiB
+/// let shared = store.clone(); // same entries
+/// # drop(shared);
+/// ```
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    entries: MokaCache<String, Slot>,
+    max_bytes: u64,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("max_bytes", &self.max_bytes)
+            .field("weighted_bytes", &self.entries.weighted_size())
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+impl Default for EmbeddedStore {
+    /// A store with a 64 MiB budget.
+    fn default() -> Self {
+        EmbeddedStore::new(64 * 1024 * 1024)
+    }
+}
+
+impl EmbeddedStore {
+    /// Bytes charged per entry on top of its key and value: moka's node,
+    /// timer-wheel and hash-table share, the `Slot`, and allocator rounding.
+    /// Measured with `cargo run --release -p cachette-benches --bin
+    /// embedded_memory` (README, "Memory").
+    pub const ENTRY_OVERHEAD: u32 = 230;
+
+    /// A store that keeps at most `max_bytes` of keys, values and overhead.
+    pub fn new(max_bytes: u64) -> EmbeddedStore {
+        let entries = MokaCache::builder()
+            .name("cachette-embedded")
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, slot: &Slot| {
+                let bytes = key.len().saturating_add(slot.value.len());
+                u32::try_from(bytes)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(Self::ENTRY_OVERHEAD)
+            })
+            .expire_after(PerEntryTtl)
+            .build();
+        EmbeddedStore { entries, max_bytes }
+    }
+
+    /// The byte budget.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Bytes currently charged (keys, values and overhead), as of the last
+    /// maintenance run.
+    pub fn weighted_bytes(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// Entries currently held, as of the last maintenance run.
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Runs pending evictions and expirations now. moka does this lazily
+    /// during other calls; tests and memory reports call it to see settled
+    /// figures.
+    pub fn run_pending_tasks(&self) {
+        self.entries.run_pending_tasks();
+    }
+
+    fn insert(&self, key: String, value: Bytes, ttl: Ttl) {
+        let ttl = ttl.get();
+        let slot = Slot {
+            value,
+            ttl,
+            expires_at: Instant::now() + ttl,
+        };
+        self.entries.insert(key, slot);
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Embedded
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.entries.get(key).map(|slot| slot.value))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        Ok(keys
+            .iter()
+            .map(|key| self.entries.get(key.as_str()).map(|slot| slot.value))
+            .collect())
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<(), StoreError> {
+        self.insert(key.to_owned(), value, ttl);
+        Ok(())
+    }
+
+    async fn set_many(&self, entries: &[StoreEntry]) -> Result<(), StoreError> {
+        for entry in entries {
+            self.insert(entry.key.clone(), entry.value.clone(), entry.ttl);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .entries
+            .remove(key)
+            .is_some_and(|slot| slot.expires_at > Instant::now()))
+    }
+}

@@ -1,0 +1,331 @@
+//! The Redis store: one multiplexed connection that reconnects by itself.
+//!
+//! redis-rs's `ConnectionManager` pipelines every caller's commands over one
+//! socket and reconnects in the background after the socket drops. Three of
+//! its defaults are wrong for a cache, so this module changes them:
+//!
+//! * TCP_NODELAY is off in redis-rs 1.x: small requests would wait for
+//!   Nagle's algorithm. We turn it on.
+//! * The command that hits a dead socket returns its error even though the
+//!   manager is already reconnecting. Every command this store sends is
+//!   idempotent (GET, MGET, SET with PX, UNLINK), so a dropped-connection
+//!   error is retried a bounded number of times with backoff.
+//! * Timeouts are explicit: a connect timeout for each (re)connection and a
+//!   per-command deadline enforced here as well as in the client, so no call
+//!   waits longer than `command_timeout` per attempt, whatever the server
+//!   does.
+//!
+//! Credentials never appear in `Debug` output or in errors.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::TcpSettings;
+use redis::{
+    Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+};
+
+use super::{Store, StoreEntry, StoreError, StoreKind};
+use crate::{BuildError, Ttl};
+
+/// How to reach Redis. Built from a URL or from the environment.
+///
+/// ```
+/// use std::time::Duration;
+/// use cachette::store::RedisConfig;
+///
+/// let config = RedisConfig::from_url("redis://:s3cret@127.0.0.1:6379/2")
+///     .unwrap()
+///     .command_timeout(Duration::from_millis(250));
+/// // The password never shows.
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// ```
+#[derive(Clone)]
+pub struct RedisConfig {
+    info: ConnectionInfo,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    retries: u32,
+}
+
+impl RedisConfig {
+    /// Parses a `redis://` or `rediss://` (TLS) URL:
+    /// `redis[s]://[[user]:password@]host[:port][/db]`.
+    ///
+    /// # Errors
+    /// [`BuildError::Redis`] when the URL does not parse. The message never
+    /// repeats the URL, which may hold a password.
+    pub fn from_url(url: &str) -> Result<RedisConfig, BuildError> {
+        let info = url.into_connection_info().map_err(|_| BuildError::Redis {
+            reason: "the Redis URL does not parse (expected redis[s]://[[user]:password@]host[:port][/db])".into(),
+        })?;
+        Ok(RedisConfig::from_info(info))
+    }
+
+    /// Reads `REDIS_URL` when set; otherwise `REDIS_HOST` (default
+    /// `127.0.0.1`), `REDIS_PORT` (default `6379`), `REDIS_USERNAME`,
+    /// `REDIS_PASSWORD` and `REDIS_DB` (default `0`).
+    ///
+    /// # Errors
+    /// [`BuildError::Redis`] when a variable does not parse.
+    pub fn from_env() -> Result<RedisConfig, BuildError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(url) = var("REDIS_URL") {
+            return RedisConfig::from_url(&url);
+        }
+        let host = var("REDIS_HOST").unwrap_or_else(|| "127.0.0.1".into());
+        let port = match var("REDIS_PORT") {
+            None => 6379,
+            Some(p) => p.parse::<u16>().map_err(|_| BuildError::Redis {
+                reason: format!("REDIS_PORT `{p}` is not a port number"),
+            })?,
+        };
+        let db = match var("REDIS_DB") {
+            None => 0,
+            Some(d) => d.parse::<i64>().map_err(|_| BuildError::Redis {
+                reason: format!("REDIS_DB `{d}` is not a database number"),
+            })?,
+        };
+        let mut redis = RedisConnectionInfo::default().set_db(db);
+        if let Some(user) = var("REDIS_USERNAME") {
+            redis = redis.set_username(user);
+        }
+        if let Some(password) = var("REDIS_PASSWORD") {
+            redis = redis.set_password(password);
+        }
+        let info = ConnectionAddr::Tcp(host, port)
+            .into_connection_info()
+            .map_err(|_| BuildError::Redis {
+                reason: "REDIS_HOST/REDIS_PORT do not form an address".into(),
+            })?
+            .set_redis_settings(redis);
+        Ok(RedisConfig::from_info(info))
+    }
+
+    fn from_info(info: ConnectionInfo) -> RedisConfig {
+        RedisConfig {
+            info: info.set_tcp_settings(TcpSettings::default().set_nodelay(true)),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_millis(500),
+            retries: 2,
+        }
+    }
+
+    /// The deadline of each connection attempt. By default, 1 s.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> RedisConfig {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The deadline of each command attempt. By default, 500 ms.
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> RedisConfig {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// How often a command that met a dropped connection is retried (all
+    /// commands this store sends are idempotent). By default, 2.
+    #[must_use]
+    pub fn retries(mut self, retries: u32) -> RedisConfig {
+        self.retries = retries;
+        self
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (host, port, tls) = match self.info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host.as_str(), *port, false),
+            ConnectionAddr::TcpTls { host, port, .. } => (host.as_str(), *port, true),
+            _ => ("<unix socket>", 0, false),
+        };
+        let redis = self.info.redis_settings();
+        f.debug_struct("RedisConfig")
+            .field("host", &host)
+            .field("port", &port)
+            .field("tls", &tls)
+            .field("db", &redis.db())
+            .field("username", &redis.username())
+            .field("password", &redis.password().map(|_| "<redacted>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+/// A [`Store`] on Redis. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    config: Arc<RedisConfig>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects, waiting at most the connect timeout.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis cannot be reached or refuses the handshake
+    /// (a wrong password, say).
+    pub async fn connect(config: RedisConfig) -> Result<RedisStore, StoreError> {
+        let client = Client::open(config.info.clone()).map_err(classify_with(&config))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.command_timeout))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = tokio::time::timeout(
+            config.connect_timeout,
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout {
+            store: StoreKind::Redis,
+            after: config.connect_timeout,
+        })?
+        .map_err(classify_with(&config))?;
+        Ok(RedisStore {
+            conn,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The underlying connection, for commands cachette does not send
+    /// itself. It is shared: do not issue blocking commands on it.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Runs an idempotent command, retrying after a dropped connection.
+    async fn run<T, F, Fut>(&self, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let timeout = self.config.command_timeout;
+        let mut backoff = Duration::from_millis(10);
+        let mut tries_left = self.config.retries;
+        loop {
+            let result = tokio::time::timeout(timeout, attempt(self.conn.clone())).await;
+            let err = match result {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(err)) => err,
+                Err(_) => {
+                    return Err(StoreError::Timeout {
+                        store: StoreKind::Redis,
+                        after: timeout,
+                    });
+                }
+            };
+            let retryable = err.is_connection_dropped() || err.is_connection_refusal();
+            if !retryable || tries_left == 0 {
+                return Err(classify(err, timeout));
+            }
+            tries_left -= 1;
+            tracing::debug!(error = %err, "redis connection dropped; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff *= 4;
+        }
+    }
+}
+
+fn classify_with(config: &RedisConfig) -> impl Fn(RedisError) -> StoreError + '_ {
+    move |err| classify(err, config.connect_timeout)
+}
+
+fn classify(err: RedisError, timeout: Duration) -> StoreError {
+    if err.is_timeout() {
+        StoreError::Timeout {
+            store: StoreKind::Redis,
+            after: timeout,
+        }
+    } else if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+        StoreError::Unavailable {
+            store: StoreKind::Redis,
+            source: Box::new(err),
+        }
+    } else {
+        StoreError::Refused {
+            store: StoreKind::Redis,
+            source: Box::new(err),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Redis
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let value: Option<Vec<u8>> = self
+            .run(|mut conn| async move { redis::cmd("GET").arg(key).query_async(&mut conn).await })
+            .await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<Vec<u8>>> = self
+            .run(|mut conn| async move { redis::cmd("MGET").arg(keys).query_async(&mut conn).await })
+            .await?;
+        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<(), StoreError> {
+        let value = &value[..];
+        self.run(|mut conn| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl.as_millis())
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn set_many(&self, entries: &[StoreEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            pipe.cmd("SET")
+                .arg(&entry.key)
+                .arg(&entry.value[..])
+                .arg("PX")
+                .arg(entry.ttl.as_millis())
+                .ignore();
+        }
+        let pipe = &pipe;
+        self.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        // UNLINK frees a large value off Redis's main thread.
+        let removed: i64 = self
+            .run(|mut conn| async move { redis::cmd("UNLINK").arg(key).query_async(&mut conn).await })
+            .await?;
+        Ok(removed > 0)
+    }
+}
