@@ -1,0 +1,174 @@
+//! The store conformance suite: what every [`Store`] must do, run against
+//! each store by [`store_conformance!`](crate::store_conformance).
+//!
+//! The embedded store is a product feature, so it must behave like Redis
+//! wherever the cache can observe a difference: missing versus empty values,
+//! binary safety, overwrite, per-entry TTLs, batch order.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cachette::Ttl;
+use cachette::store::{Store, StoreEntry};
+
+use crate::Fixture;
+
+fn ttl(ms: u64) -> Ttl {
+    Ttl::new(Duration::from_millis(ms)).expect("valid test TTL")
+}
+
+const LONG: u64 = 60_000;
+/// Short enough to wait for, long enough that no scheduling hiccup between
+/// a write and the read right after it lets the entry expire.
+const SHORT: u64 = 300;
+
+async fn get(store: &dyn Store, key: &str) -> Option<Bytes> {
+    store.get(key).await.expect("get")
+}
+
+/// Waits until `key` is gone; bounded, checking every 10 ms.
+async fn wait_until_expired(store: &dyn Store, key: &str) -> Duration {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(5);
+    while get(store, key).await.is_some() {
+        assert!(Instant::now() < deadline, "`{key}` did not expire within 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+/// A key never written reads as `None`.
+pub async fn get_of_a_missing_key_is_none(f: &Fixture) {
+    assert_eq!(get(&*f.store, "nope").await, None);
+}
+
+/// Bytes come back exactly, every byte value included.
+pub async fn set_then_get_returns_the_same_bytes(f: &Fixture) {
+    let all: Vec<u8> = (0..=255).collect();
+    f.store.set("k", Bytes::from(all.clone()), ttl(LONG)).await.expect("set");
+    assert_eq!(get(&*f.store, "k").await.as_deref(), Some(&all[..]));
+}
+
+/// An empty value is a value, not a missing key.
+pub async fn an_empty_value_is_present(f: &Fixture) {
+    f.store.set("empty", Bytes::new(), ttl(LONG)).await.expect("set");
+    assert_eq!(get(&*f.store, "empty").await, Some(Bytes::new()));
+}
+
+/// A second set replaces the first.
+pub async fn set_overwrites(f: &Fixture) {
+    f.store.set("k", Bytes::from_static(b"one"), ttl(LONG)).await.expect("set");
+    f.store.set("k", Bytes::from_static(b"two"), ttl(LONG)).await.expect("set");
+    assert_eq!(get(&*f.store, "k").await, Some(Bytes::from_static(b"two")));
+}
+
+/// Delete answers whether something was there, and removes it.
+pub async fn delete_reports_whether_the_key_was_there(f: &Fixture) {
+    f.store.set("k", Bytes::from_static(b"v"), ttl(LONG)).await.expect("set");
+    assert!(f.store.delete("k").await.expect("delete"));
+    assert_eq!(get(&*f.store, "k").await, None);
+    assert!(!f.store.delete("k").await.expect("delete"));
+}
+
+/// `get_many` answers in the order asked, with gaps for missing keys.
+pub async fn get_many_keeps_order_and_gaps(f: &Fixture) {
+    f.store.set("a", Bytes::from_static(b"1"), ttl(LONG)).await.expect("set");
+    f.store.set("c", Bytes::from_static(b"3"), ttl(LONG)).await.expect("set");
+    let keys: Vec<String> = ["c", "b", "a", "c"].iter().map(|k| k.to_string()).collect();
+    let got = f.store.get_many(&keys).await.expect("get_many");
+    let got: Vec<Option<&[u8]>> = got.iter().map(|v| v.as_deref()).collect();
+    assert_eq!(got, vec![Some(&b"3"[..]), None, Some(&b"1"[..]), Some(&b"3"[..])]);
+    assert!(f.store.get_many(&[]).await.expect("empty get_many").is_empty());
+}
+
+/// `set_many` writes every entry, each with its own TTL.
+pub async fn set_many_writes_every_entry(f: &Fixture) {
+    let entries: Vec<StoreEntry> = (0..100)
+        .map(|i| StoreEntry {
+            key: format!("k{i}"),
+            value: Bytes::from(format!("v{i}")),
+            ttl: ttl(if i == 0 { SHORT } else { LONG }),
+        })
+        .collect();
+    f.store.set_many(&entries).await.expect("set_many");
+    f.store.set_many(&[]).await.expect("empty set_many");
+    let keys: Vec<String> = entries.iter().map(|e| e.key.clone()).collect();
+    let got = f.store.get_many(&keys).await.expect("get_many");
+    for (i, v) in got.iter().enumerate() {
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()));
+    }
+    wait_until_expired(&*f.store, "k0").await;
+    assert!(get(&*f.store, "k1").await.is_some(), "only k0 had a short TTL");
+}
+
+/// An entry is gone once its TTL has passed, and not before.
+pub async fn entries_expire_after_their_ttl(f: &Fixture) {
+    let start = Instant::now();
+    f.store.set("k", Bytes::from_static(b"v"), ttl(SHORT)).await.expect("set");
+    let present = get(&*f.store, "k").await.is_some();
+    if start.elapsed() < Duration::from_millis(SHORT) {
+        assert!(present, "entry missing before its TTL");
+    }
+    wait_until_expired(&*f.store, "k").await;
+    assert!(start.elapsed() >= Duration::from_millis(SHORT - 5), "expired early");
+    assert!(!f.store.delete("k").await.expect("delete"), "expired entry deleted");
+}
+
+/// Overwriting an entry gives it the new TTL, in both directions.
+pub async fn overwrite_replaces_the_ttl(f: &Fixture) {
+    f.store.set("longer", Bytes::from_static(b"1"), ttl(SHORT)).await.expect("set");
+    f.store.set("longer", Bytes::from_static(b"2"), ttl(LONG)).await.expect("set");
+    f.store.set("shorter", Bytes::from_static(b"1"), ttl(LONG)).await.expect("set");
+    f.store.set("shorter", Bytes::from_static(b"2"), ttl(SHORT)).await.expect("set");
+    // "shorter" expiring is the signal that SHORT has passed for "longer" too.
+    wait_until_expired(&*f.store, "shorter").await;
+    assert_eq!(get(&*f.store, "longer").await, Some(Bytes::from_static(b"2")));
+}
+
+/// Values of several hundred KiB round-trip.
+pub async fn large_values_round_trip(f: &Fixture) {
+    let big: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
+    f.store.set("big", Bytes::from(big.clone()), ttl(LONG)).await.expect("set");
+    assert_eq!(get(&*f.store, "big").await.as_deref(), Some(&big[..]));
+}
+
+/// Defines one test per conformance case for a store: `$fixture` is an
+/// expression giving a `Future<Output = Fixture>`, evaluated once per test.
+///
+/// ```ignore
+/// cachette_test::store_conformance!(embedded, async { cachette_test::Fixture::embedded() });
+/// cachette_test::store_conformance!(redis, cachette_test::Fixture::redis());
+/// ```
+#[macro_export]
+macro_rules! store_conformance {
+    ($name:ident, $fixture:expr) => {
+        $crate::__store_conformance!($name, $fixture;
+            get_of_a_missing_key_is_none,
+            set_then_get_returns_the_same_bytes,
+            an_empty_value_is_present,
+            set_overwrites,
+            delete_reports_whether_the_key_was_there,
+            get_many_keeps_order_and_gaps,
+            set_many_writes_every_entry,
+            entries_expire_after_their_ttl,
+            overwrite_replaces_the_ttl,
+            large_values_round_trip,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_conformance {
+    ($name:ident, $fixture:expr; $($case:ident),* $(,)?) => {
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fixture = $fixture.await;
+                    $crate::conformance::$case(&fixture).await;
+                }
+            )*
+        }
+    };
+}
