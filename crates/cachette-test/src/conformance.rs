@@ -31,7 +31,10 @@ async fn wait_until_expired(store: &dyn Store, key: &str) -> Duration {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(5);
     while get(store, key).await.is_some() {
-        assert!(Instant::now() < deadline, "`{key}` did not expire within 5 s");
+        assert!(
+            Instant::now() < deadline,
+            "`{key}` did not expire within 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     start.elapsed()
@@ -45,26 +48,41 @@ pub async fn get_of_a_missing_key_is_none(f: &Fixture) {
 /// Bytes come back exactly, every byte value included.
 pub async fn set_then_get_returns_the_same_bytes(f: &Fixture) {
     let all: Vec<u8> = (0..=255).collect();
-    f.store.set("k", Bytes::from(all.clone()), ttl(LONG)).await.expect("set");
+    f.store
+        .set("k", Bytes::from(all.clone()), ttl(LONG))
+        .await
+        .expect("set");
     assert_eq!(get(&*f.store, "k").await.as_deref(), Some(&all[..]));
 }
 
 /// An empty value is a value, not a missing key.
 pub async fn an_empty_value_is_present(f: &Fixture) {
-    f.store.set("empty", Bytes::new(), ttl(LONG)).await.expect("set");
+    f.store
+        .set("empty", Bytes::new(), ttl(LONG))
+        .await
+        .expect("set");
     assert_eq!(get(&*f.store, "empty").await, Some(Bytes::new()));
 }
 
 /// A second set replaces the first.
 pub async fn set_overwrites(f: &Fixture) {
-    f.store.set("k", Bytes::from_static(b"one"), ttl(LONG)).await.expect("set");
-    f.store.set("k", Bytes::from_static(b"two"), ttl(LONG)).await.expect("set");
+    f.store
+        .set("k", Bytes::from_static(b"one"), ttl(LONG))
+        .await
+        .expect("set");
+    f.store
+        .set("k", Bytes::from_static(b"two"), ttl(LONG))
+        .await
+        .expect("set");
     assert_eq!(get(&*f.store, "k").await, Some(Bytes::from_static(b"two")));
 }
 
 /// Delete answers whether something was there, and removes it.
 pub async fn delete_reports_whether_the_key_was_there(f: &Fixture) {
-    f.store.set("k", Bytes::from_static(b"v"), ttl(LONG)).await.expect("set");
+    f.store
+        .set("k", Bytes::from_static(b"v"), ttl(LONG))
+        .await
+        .expect("set");
     assert!(f.store.delete("k").await.expect("delete"));
     assert_eq!(get(&*f.store, "k").await, None);
     assert!(!f.store.delete("k").await.expect("delete"));
@@ -72,13 +90,28 @@ pub async fn delete_reports_whether_the_key_was_there(f: &Fixture) {
 
 /// `get_many` answers in the order asked, with gaps for missing keys.
 pub async fn get_many_keeps_order_and_gaps(f: &Fixture) {
-    f.store.set("a", Bytes::from_static(b"1"), ttl(LONG)).await.expect("set");
-    f.store.set("c", Bytes::from_static(b"3"), ttl(LONG)).await.expect("set");
+    f.store
+        .set("a", Bytes::from_static(b"1"), ttl(LONG))
+        .await
+        .expect("set");
+    f.store
+        .set("c", Bytes::from_static(b"3"), ttl(LONG))
+        .await
+        .expect("set");
     let keys: Vec<String> = ["c", "b", "a", "c"].iter().map(|k| k.to_string()).collect();
     let got = f.store.get_many(&keys).await.expect("get_many");
     let got: Vec<Option<&[u8]>> = got.iter().map(|v| v.as_deref()).collect();
-    assert_eq!(got, vec![Some(&b"3"[..]), None, Some(&b"1"[..]), Some(&b"3"[..])]);
-    assert!(f.store.get_many(&[]).await.expect("empty get_many").is_empty());
+    assert_eq!(
+        got,
+        vec![Some(&b"3"[..]), None, Some(&b"1"[..]), Some(&b"3"[..])]
+    );
+    assert!(
+        f.store
+            .get_many(&[])
+            .await
+            .expect("empty get_many")
+            .is_empty()
+    );
 }
 
 /// `set_many` writes every entry, each with its own TTL.
@@ -98,44 +131,74 @@ pub async fn set_many_writes_every_entry(f: &Fixture) {
         assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()));
     }
     wait_until_expired(&*f.store, "k0").await;
-    assert!(get(&*f.store, "k1").await.is_some(), "only k0 had a short TTL");
+    assert!(
+        get(&*f.store, "k1").await.is_some(),
+        "only k0 had a short TTL"
+    );
 }
 
 /// An entry is gone once its TTL has passed, and not before.
 pub async fn entries_expire_after_their_ttl(f: &Fixture) {
     let start = Instant::now();
-    f.store.set("k", Bytes::from_static(b"v"), ttl(SHORT)).await.expect("set");
+    f.store
+        .set("k", Bytes::from_static(b"v"), ttl(SHORT))
+        .await
+        .expect("set");
     let present = get(&*f.store, "k").await.is_some();
     if start.elapsed() < Duration::from_millis(SHORT) {
         assert!(present, "entry missing before its TTL");
     }
     wait_until_expired(&*f.store, "k").await;
-    assert!(start.elapsed() >= Duration::from_millis(SHORT - 5), "expired early");
-    assert!(!f.store.delete("k").await.expect("delete"), "expired entry deleted");
+    assert!(
+        start.elapsed() >= Duration::from_millis(SHORT - 5),
+        "expired early"
+    );
+    assert!(
+        !f.store.delete("k").await.expect("delete"),
+        "expired entry deleted"
+    );
 }
 
 /// Overwriting an entry gives it the new TTL, in both directions.
 pub async fn overwrite_replaces_the_ttl(f: &Fixture) {
-    f.store.set("longer", Bytes::from_static(b"1"), ttl(SHORT)).await.expect("set");
-    f.store.set("longer", Bytes::from_static(b"2"), ttl(LONG)).await.expect("set");
-    f.store.set("shorter", Bytes::from_static(b"1"), ttl(LONG)).await.expect("set");
-    f.store.set("shorter", Bytes::from_static(b"2"), ttl(SHORT)).await.expect("set");
+    f.store
+        .set("longer", Bytes::from_static(b"1"), ttl(SHORT))
+        .await
+        .expect("set");
+    f.store
+        .set("longer", Bytes::from_static(b"2"), ttl(LONG))
+        .await
+        .expect("set");
+    f.store
+        .set("shorter", Bytes::from_static(b"1"), ttl(LONG))
+        .await
+        .expect("set");
+    f.store
+        .set("shorter", Bytes::from_static(b"2"), ttl(SHORT))
+        .await
+        .expect("set");
     // "shorter" expiring is the signal that SHORT has passed for "longer" too.
     wait_until_expired(&*f.store, "shorter").await;
-    assert_eq!(get(&*f.store, "longer").await, Some(Bytes::from_static(b"2")));
+    assert_eq!(
+        get(&*f.store, "longer").await,
+        Some(Bytes::from_static(b"2"))
+    );
 }
 
 /// Values of several hundred KiB round-trip.
 pub async fn large_values_round_trip(f: &Fixture) {
     let big: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
-    f.store.set("big", Bytes::from(big.clone()), ttl(LONG)).await.expect("set");
+    f.store
+        .set("big", Bytes::from(big.clone()), ttl(LONG))
+        .await
+        .expect("set");
     assert_eq!(get(&*f.store, "big").await.as_deref(), Some(&big[..]));
 }
 
 /// Defines one test per conformance case for a store: `$fixture` is an
 /// expression giving a `Future<Output = Fixture>`, evaluated once per test.
 ///
-/// ```ignore
+/// ```text
 /// cachette_test::store_conformance!(embedded, async { cachette_test::Fixture::embedded() });
 /// cachette_test::store_conformance!(redis, cachette_test::Fixture::redis());
 /// ```

@@ -150,7 +150,11 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             self.max_key_bytes,
         )?;
         let valid_ttl = |what: &'static str, d: Duration| {
-            Ttl::checked(d).map_err(|reason| BuildError::InvalidTtl { what, ttl: d, reason })
+            Ttl::checked(d).map_err(|reason| BuildError::InvalidTtl {
+                what,
+                ttl: d,
+                reason,
+            })
         };
         let ttl = valid_ttl("ttl", self.ttl)?;
         let negative_ttl = self

@@ -25,7 +25,7 @@ use crate::envelope::{self, InvalidEntry, Meta, flags};
 use crate::flight::{Failure, Flight, Flights, Outcome, Role, Settle};
 use crate::key::KeySpace;
 use crate::stats::{Recorder, Stats};
-use crate::store::{Store, StoreEntry};
+use crate::store::{Store, StoreEntry, StoreError};
 use crate::{BoxError, Error, Ttl};
 
 /// What a cache may hold: serde both ways, cloned out to each waiter of a load.
@@ -167,11 +167,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
             .iter()
             .map(|k| self.inner.keys.store_key(k.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
-        let raw = self.inner.store.get_many(&skeys).await.map_err(|e| {
-            self.inner.stats.store_error(&e);
-            e
-        })?;
-        self.inner.stats.store_ok();
+        let raw = self.observe(self.inner.store.get_many(&skeys).await)?;
         Ok(raw
             .iter()
             .map(|bytes| match self.decode(bytes.as_deref()) {
@@ -194,7 +190,12 @@ impl<V: Value, C: Codec> Cache<V, C> {
     ///
     /// # Errors
     /// As [`Cache::set`], plus [`Error::InvalidTtl`].
-    pub async fn set_for(&self, key: &str, value: &V, ttl: std::time::Duration) -> Result<(), Error> {
+    pub async fn set_for(
+        &self,
+        key: &str,
+        value: &V,
+        ttl: std::time::Duration,
+    ) -> Result<(), Error> {
         let ttl = Ttl::new(ttl)?.jittered(self.inner.ttl_jitter);
         let skey = self.inner.keys.store_key(key)?;
         let bytes = self.encode(Some(value), ttl)?;
@@ -221,12 +222,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         for entry in &batch {
             self.inner.flights.void(&entry.key).await;
         }
-        self.inner.store.set_many(&batch).await.map_err(|e| {
-            self.inner.stats.store_error(&e);
-            e
-        })?;
-        self.inner.stats.store_ok();
-        Ok(())
+        self.observe(self.inner.store.set_many(&batch).await)
     }
 
     /// Removes `key`; true if an entry was there. A load of `key` in flight
@@ -237,12 +233,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
         let skey = self.inner.keys.store_key(key)?;
         self.inner.flights.void(&skey).await;
-        let removed = self.inner.store.delete(&skey).await.map_err(|e| {
-            self.inner.stats.store_error(&e);
-            e
-        })?;
-        self.inner.stats.store_ok();
-        Ok(removed)
+        self.observe(self.inner.store.delete(&skey).await)
     }
 
     /// Cache-aside: the cached value of `key`, or the loader's, which is then
@@ -265,7 +256,8 @@ impl<V: Value, C: Codec> Cache<V, C> {
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        self.get_or_load_for(key, self.inner.ttl.get(), loader).await
+        self.get_or_load_for(key, self.inner.ttl.get(), loader)
+            .await
     }
 
     /// [`Cache::get_or_load`] with its own TTL for the loaded value.
@@ -285,7 +277,12 @@ impl<V: Value, C: Codec> Cache<V, C> {
     {
         let ttl = Ttl::new(ttl)?;
         let loaded = self
-            .load(key, ttl, false, move || async move { loader().await.map(Some) })
+            .load(
+                key,
+                ttl,
+                false,
+                move || async move { loader().await.map(Some) },
+            )
             .await?;
         loaded.ok_or_else(|| Error::Load {
             namespace: self.inner.namespace.clone(),
@@ -375,9 +372,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let flight = match self.inner.flights.join(&skey) {
             Role::Follower(flight) => flight,
             Role::Leader(flight, settle) => {
-                let task = self
-                    .clone()
-                    .fly(skey, Arc::clone(&flight), settle, ttl, optional, loader);
+                let task =
+                    self.clone()
+                        .fly(skey, Arc::clone(&flight), settle, ttl, optional, loader);
                 match tokio::runtime::Handle::try_current() {
                     Ok(runtime) => drop(runtime.spawn(task)),
                     // Outside a Tokio runtime the load cannot outlive its
@@ -494,10 +491,15 @@ impl<V: Value, C: Codec> Cache<V, C> {
     }
 
     async fn write(&self, skey: &str, bytes: Bytes, ttl: Ttl) -> Result<(), Error> {
-        match self.inner.store.set(skey, bytes, ttl).await {
-            Ok(()) => {
+        self.observe(self.inner.store.set(skey, bytes, ttl).await)
+    }
+
+    /// Counts a store call's outcome (errors are logged once per outage).
+    fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, Error> {
+        match result {
+            Ok(value) => {
                 self.inner.stats.store_ok();
-                Ok(())
+                Ok(value)
             }
             Err(e) => {
                 self.inner.stats.store_error(&e);
@@ -508,17 +510,12 @@ impl<V: Value, C: Codec> Cache<V, C> {
 
     /// Reads and decodes, counting the hit or miss.
     async fn read(&self, skey: &str) -> Result<Found<V>, Error> {
-        match self.inner.store.get(skey).await {
-            Ok(bytes) => {
-                self.inner.stats.store_ok();
-                Ok(self.decode(bytes.as_deref()))
-            }
-            Err(e) => {
-                self.inner.stats.store_error(&e);
+        let bytes = self
+            .observe(self.inner.store.get(skey).await)
+            .inspect_err(|_| {
                 self.inner.stats.miss();
-                Err(e.into())
-            }
-        }
+            })?;
+        Ok(self.decode(bytes.as_deref()))
     }
 
     /// Decodes stored bytes, counting the hit or miss and any invalid entry.

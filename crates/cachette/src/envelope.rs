@@ -191,7 +191,10 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], InvalidEntry> {
         let end = self.at.checked_add(n).ok_or(InvalidEntry::Truncated)?;
-        let slice = self.bytes.get(self.at..end).ok_or(InvalidEntry::Truncated)?;
+        let slice = self
+            .bytes
+            .get(self.at..end)
+            .ok_or(InvalidEntry::Truncated)?;
         self.at = end;
         Ok(slice)
     }
@@ -249,7 +252,10 @@ mod tests {
     fn every_truncation_is_invalid_not_a_panic() {
         let bytes = sample(0, b"{\"a\":1}");
         for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes parsed");
+            assert!(
+                decode(&bytes[..cut]).is_err(),
+                "prefix of {cut} bytes parsed"
+            );
         }
     }
 
@@ -262,7 +268,10 @@ mod tests {
         assert_eq!(decode(&future), Err(InvalidEntry::UnsupportedVersion(2)));
         let mut flagged = sample(0, b"1");
         flagged[3] = flags::COMPRESSED;
-        assert_eq!(decode(&flagged), Err(InvalidEntry::UnknownFlags(flags::COMPRESSED)));
+        assert_eq!(
+            decode(&flagged),
+            Err(InvalidEntry::UnknownFlags(flags::COMPRESSED))
+        );
         let mut trailing = sample(0, b"1");
         trailing.push(0);
         assert_eq!(decode(&trailing), Err(InvalidEntry::Trailing));

@@ -35,7 +35,9 @@ pub enum Error {
         reason: &'static str,
     },
     /// The encoded entry is larger than the namespace allows; nothing was written.
-    #[error("value for namespace `{namespace}` is {size} bytes encoded, over the limit of {max} bytes; nothing was written")]
+    #[error(
+        "value for namespace `{namespace}` is {size} bytes encoded, over the limit of {max} bytes; nothing was written"
+    )]
     ValueTooLarge {
         /// The namespace of the cache.
         namespace: String,

@@ -111,7 +111,10 @@ mod tests {
 
     #[test]
     fn short_keys_are_kept_inside_a_hash_tag() {
-        assert_eq!(space().store_key("42").ok(), Some("shop:user:v2:{42}".into()));
+        assert_eq!(
+            space().store_key("42").ok(),
+            Some("shop:user:v2:{42}".into())
+        );
     }
 
     #[test]

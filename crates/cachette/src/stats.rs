@@ -68,7 +68,9 @@ struct Event {
 impl Event {
     fn new(name: &'static str, namespace: &str, result: Option<&'static str>) -> Event {
         let metric = match result {
-            Some(result) => metrics::counter!(name, "namespace" => namespace.to_owned(), "result" => result),
+            Some(result) => {
+                metrics::counter!(name, "namespace" => namespace.to_owned(), "result" => result)
+            }
             None => metrics::counter!(name, "namespace" => namespace.to_owned()),
         };
         Event {

@@ -19,7 +19,12 @@ async fn unreadable_bytes_read_as_a_counted_miss(f: Fixture) {
         .build()
         .unwrap();
     c.set("valid", &"hello".to_string()).await.unwrap();
-    let valid = f.store.get(&c.store_key("valid").unwrap()).await.unwrap().unwrap();
+    let valid = f
+        .store
+        .get(&c.store_key("valid").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
 
     let mut future_version = valid.to_vec();
     future_version[2] = envelope::FORMAT_VERSION + 1;
@@ -47,11 +52,17 @@ async fn unreadable_bytes_read_as_a_counted_miss(f: Fixture) {
             .unwrap();
         assert_eq!(c.get(&key).await.unwrap(), None, "{what} was not a miss");
         let loaded = c
-            .get_or_load(&key, || async { Ok::<_, std::io::Error>("fresh".to_string()) })
+            .get_or_load(&key, || async {
+                Ok::<_, std::io::Error>("fresh".to_string())
+            })
             .await
             .unwrap();
         assert_eq!(loaded, "fresh", "{what}");
-        assert_eq!(c.get(&key).await.unwrap().as_deref(), Some("fresh"), "{what} not replaced");
+        assert_eq!(
+            c.get(&key).await.unwrap().as_deref(),
+            Some("fresh"),
+            "{what} not replaced"
+        );
     }
     // Each case was seen twice unreadable: by `get` and by `get_or_load`'s read.
     assert_eq!(c.stats().invalid_entries, 2 * cases.len() as u64);

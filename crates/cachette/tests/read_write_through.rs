@@ -47,7 +47,10 @@ fn cache(f: &Fixture) -> Cache<String> {
         .unwrap()
 }
 
-for_each_store!(read_through_loads_once, write_through_updates_after_the_source);
+for_each_store!(
+    read_through_loads_once,
+    write_through_updates_after_the_source
+);
 
 async fn read_through_loads_once(f: Fixture) {
     let db = Db::default();
@@ -57,7 +60,11 @@ async fn read_through_loads_once(f: Fixture) {
     assert_eq!(users.get("1").await.unwrap().as_deref(), Some("Ada"));
     assert_eq!(users.get("404").await.unwrap(), None);
     assert_eq!(users.get("404").await.unwrap(), None);
-    assert_eq!(db.reads(), 2, "one read for the hit key, one for the missing one");
+    assert_eq!(
+        db.reads(),
+        2,
+        "one read for the hit key, one for the missing one"
+    );
 }
 
 async fn write_through_updates_after_the_source(f: Fixture) {
@@ -67,12 +74,18 @@ async fn write_through_updates_after_the_source(f: Fixture) {
     assert_eq!(users.get("1").await.unwrap().as_deref(), Some("Ada"));
 
     let c = users.cache();
-    let v = c.write_through("1", async { db.write("1", "Grace") }).await.unwrap();
+    let v = c
+        .write_through("1", async { db.write("1", "Grace") })
+        .await
+        .unwrap();
     assert_eq!(v, "Grace");
     assert_eq!(c.get("1").await.unwrap().as_deref(), Some("Grace"));
 
     // The source refuses: the error comes back and the cache is untouched.
-    let err = c.write_through("1", async { db.write("1", "") }).await.unwrap_err();
+    let err = c
+        .write_through("1", async { db.write("1", "") })
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Write { .. }), "{err:?}");
     assert_eq!(c.get("1").await.unwrap().as_deref(), Some("Grace"));
     assert_eq!(db.reads(), 1);

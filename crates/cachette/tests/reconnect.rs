@@ -41,12 +41,18 @@ async fn during_an_outage_reads_fail_fast_and_loads_fail_open() {
     let err = c.get("k").await.unwrap_err();
     assert!(err.is_store_unavailable(), "{err:?}");
     let v = c
-        .get_or_load("k", || async { Ok::<_, std::io::Error>("from source".to_string()) })
+        .get_or_load("k", || async {
+            Ok::<_, std::io::Error>("from source".to_string())
+        })
         .await
         .unwrap();
     assert_eq!(v, "from source");
     // Bounded by the fixture's 2 s command deadline (times the retries), not hung.
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(c.stats().store_errors >= 2);
 
     f.server().start();

@@ -117,7 +117,9 @@ async fn dropping_the_first_caller_does_not_fail_the_others(f: Fixture) {
             let cache = cache.clone();
             tokio::spawn(async move {
                 cache
-                    .get_or_load("k", || async { Ok::<_, std::io::Error>("other".to_string()) })
+                    .get_or_load("k", || async {
+                        Ok::<_, std::io::Error>("other".to_string())
+                    })
                     .await
             })
         })
@@ -169,7 +171,9 @@ async fn a_panicking_loader_is_an_error_for_every_waiter(f: Fixture) {
     assert_eq!(cache.stats().load_errors, 1);
     // Nothing was cached: the next call loads again.
     let v = cache
-        .get_or_load("k", || async { Ok::<_, std::io::Error>("fine".to_string()) })
+        .get_or_load("k", || async {
+            Ok::<_, std::io::Error>("fine".to_string())
+        })
         .await
         .unwrap();
     assert_eq!(v, "fine");
@@ -185,10 +189,15 @@ async fn loader_errors_reach_callers_and_are_not_cached(f: Fixture) {
         .await
         .unwrap_err();
     assert!(err.is_load_error());
-    assert_eq!(err.loader_error::<std::io::Error>().unwrap().to_string(), "database down");
+    assert_eq!(
+        err.loader_error::<std::io::Error>().unwrap().to_string(),
+        "database down"
+    );
     assert_eq!(cache.get("k").await.unwrap(), None, "an error was cached");
     let v = cache
-        .get_or_load("k", || async { Ok::<_, std::io::Error>("back".to_string()) })
+        .get_or_load("k", || async {
+            Ok::<_, std::io::Error>("back".to_string())
+        })
         .await
         .unwrap();
     assert_eq!(v, "back");

@@ -41,7 +41,11 @@ async fn empty_zero_false_and_null_are_hits(f: Fixture) {
     assert_eq!(flags.get("k").await.unwrap(), Some(false));
     let nulls: Cache<Option<u32>> = cache(&f, "o");
     nulls.set("k", &None).await.unwrap();
-    assert_eq!(nulls.get("k").await.unwrap(), Some(None), "a stored null is a hit");
+    assert_eq!(
+        nulls.get("k").await.unwrap(),
+        Some(None),
+        "a stored null is a hit"
+    );
 
     // And get_or_load does not reload them.
     let loaded = numbers
@@ -50,7 +54,12 @@ async fn empty_zero_false_and_null_are_hits(f: Fixture) {
         .unwrap();
     assert_eq!(loaded, 0);
     assert_eq!(numbers.stats().loads, 0);
-    for stats in [strings.stats(), numbers.stats(), flags.stats(), nulls.stats()] {
+    for stats in [
+        strings.stats(),
+        numbers.stats(),
+        flags.stats(),
+        nulls.stats(),
+    ] {
         assert_eq!(stats.misses, 0, "{stats:?}");
     }
 }
@@ -89,7 +98,9 @@ async fn an_oversized_value_is_refused_and_nothing_is_written(f: Fixture) {
     assert_eq!(c.get("k").await.unwrap().as_deref(), Some("small"));
     // A loaded value that is too large is still returned, just not cached.
     let v = c
-        .get_or_load("other", || async { Ok::<_, std::io::Error>("y".repeat(2000)) })
+        .get_or_load("other", || async {
+            Ok::<_, std::io::Error>("y".repeat(2000))
+        })
         .await
         .unwrap();
     assert_eq!(v.len(), 2000);
@@ -111,7 +122,10 @@ async fn one_oversized_value_in_set_many_writes_nothing(f: Fixture) {
         c.set_many(&entries).await,
         Err(Error::ValueTooLarge { .. })
     ));
-    assert_eq!(c.get_many(&["a", "b", "c"]).await.unwrap(), vec![None, None, None]);
+    assert_eq!(
+        c.get_many(&["a", "b", "c"]).await.unwrap(),
+        vec![None, None, None]
+    );
 }
 
 async fn long_keys_are_hashed_and_still_found(f: Fixture) {
@@ -131,7 +145,10 @@ async fn a_serialization_failure_is_an_error_not_a_miss(f: Fixture) {
     // JSON maps need string keys: this value cannot be serialized.
     let c: Cache<HashMap<Vec<u8>, u8>> = cache(&f, "ser");
     let value = HashMap::from([(vec![1u8], 1u8)]);
-    assert!(matches!(c.set("k", &value).await, Err(Error::Serialize { .. })));
+    assert!(matches!(
+        c.set("k", &value).await,
+        Err(Error::Serialize { .. })
+    ));
     assert_eq!(c.get("k").await.unwrap(), None);
 }
 
@@ -161,11 +178,15 @@ async fn not_found_is_cached_only_with_a_negative_ttl(f: Fixture) {
         .unwrap();
     for _ in 0..3 {
         let a = plain
-            .get_or_load_optional("gone", || async { Ok::<Option<String>, std::io::Error>(None) })
+            .get_or_load_optional("gone", || async {
+                Ok::<Option<String>, std::io::Error>(None)
+            })
             .await
             .unwrap();
         let b = negative
-            .get_or_load_optional("gone", || async { Ok::<Option<String>, std::io::Error>(None) })
+            .get_or_load_optional("gone", || async {
+                Ok::<Option<String>, std::io::Error>(None)
+            })
             .await
             .unwrap();
         assert_eq!((a, b), (None, None));
@@ -174,7 +195,10 @@ async fn not_found_is_cached_only_with_a_negative_ttl(f: Fixture) {
     assert_eq!(negative.stats().loads, 1, "the negative entry was not used");
     // A write replaces the negative entry at once.
     negative.set("gone", &"created".to_string()).await.unwrap();
-    assert_eq!(negative.get("gone").await.unwrap().as_deref(), Some("created"));
+    assert_eq!(
+        negative.get("gone").await.unwrap().as_deref(),
+        Some("created")
+    );
 }
 
 async fn stats_count_hits_misses_and_loads(f: Fixture) {
@@ -221,7 +245,9 @@ async fn counters_reach_the_metrics_facade() {
     // Handles are registered at build time, so build under the recorder.
     let c: Cache<u8> =
         metrics::with_local_recorder(&recorder, || Cache::builder("metered").build().unwrap());
-    c.get_or_load("k", || async { Ok::<_, std::io::Error>(1) }).await.unwrap();
+    c.get_or_load("k", || async { Ok::<_, std::io::Error>(1) })
+        .await
+        .unwrap();
     c.get("k").await.unwrap();
     let snapshot = snapshotter.snapshot().into_vec();
     let counter = |name: &str, result: Option<&str>| {
@@ -230,8 +256,10 @@ async fn counters_reach_the_metrics_facade() {
             .find(|(key, _, _, _)| {
                 let k = key.key();
                 k.name() == name
-                    && k.labels().any(|l| l.key() == "namespace" && l.value() == "metered")
-                    && result.is_none_or(|r| k.labels().any(|l| l.key() == "result" && l.value() == r))
+                    && k.labels()
+                        .any(|l| l.key() == "namespace" && l.value() == "metered")
+                    && result
+                        .is_none_or(|r| k.labels().any(|l| l.key() == "result" && l.value() == r))
             })
             .map(|(_, _, _, value)| match value {
                 DebugValue::Counter(n) => *n,

@@ -284,7 +284,9 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let values: Vec<Option<Vec<u8>>> = self
-            .run(|mut conn| async move { redis::cmd("MGET").arg(keys).query_async(&mut conn).await })
+            .run(
+                |mut conn| async move { redis::cmd("MGET").arg(keys).query_async(&mut conn).await },
+            )
             .await?;
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
     }
@@ -323,8 +325,10 @@ impl Store for RedisStore {
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         // UNLINK frees a large value off Redis's main thread.
-        let removed: i64 = self
-            .run(|mut conn| async move { redis::cmd("UNLINK").arg(key).query_async(&mut conn).await })
+        let removed: i64 =
+            self.run(|mut conn| async move {
+                redis::cmd("UNLINK").arg(key).query_async(&mut conn).await
+            })
             .await?;
         Ok(removed > 0)
     }
