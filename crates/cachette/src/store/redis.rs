@@ -187,7 +187,12 @@ impl RedisStore {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))
-            .set_max_delay(Duration::from_secs(1));
+            // Few, quick reconnect attempts: a cache call should fail fast
+            // and fall back to its loader rather than queue behind a long
+            // backoff; the next call starts a new reconnect anyway.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
         let conn = tokio::time::timeout(
             config.connect_timeout,
             client.get_connection_manager_with_config(manager_config),
