@@ -60,6 +60,24 @@ impl Gate {
     }
 }
 
+/// Spawns a `get_or_load` of `key` whose loader passes `gate`, then returns `value`.
+fn spawn_gated(
+    cache: &Cache<String>,
+    key: &'static str,
+    gate: &Gate,
+    value: &'static str,
+) -> tokio::task::JoinHandle<Result<String, Error>> {
+    let (cache, gate) = (cache.clone(), gate.clone());
+    tokio::spawn(async move {
+        cache
+            .get_or_load(key, move || async move {
+                gate.pass().await;
+                Ok::<_, std::io::Error>(value.to_string())
+            })
+            .await
+    })
+}
+
 for_each_store!(
     concurrent_misses_call_loader_once,
     dropping_the_first_caller_does_not_fail_the_others,
@@ -73,17 +91,7 @@ async fn concurrent_misses_call_loader_once(f: Fixture) {
     let cache = cache(&f);
     let gate = Gate::new();
     let callers: Vec<_> = (0..1000)
-        .map(|_| {
-            let (cache, gate) = (cache.clone(), gate.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_load("cold", move || async move {
-                        gate.pass().await;
-                        Ok::<_, std::io::Error>("value".to_string())
-                    })
-                    .await
-            })
-        })
+        .map(|_| spawn_gated(&cache, "cold", &gate, "value"))
         .collect();
     until("1,000 misses", || cache.stats().misses == 1000).await;
     gate.open();
@@ -211,18 +219,8 @@ async fn loader_errors_reach_callers_and_are_not_cached(f: Fixture) {
 async fn a_delete_during_a_load_keeps_the_loaded_value_out(f: Fixture) {
     let cache = cache(&f);
     let gate = Gate::new();
-    let loading = {
-        let (cache, gate) = (cache.clone(), gate.clone());
-        tokio::spawn(async move {
-            cache
-                .get_or_load("k", move || async move {
-                    let read_before_the_write = "old".to_string();
-                    gate.pass().await;
-                    Ok::<_, std::io::Error>(read_before_the_write)
-                })
-                .await
-        })
-    };
+    // The loader has read "old" from the source when it reaches the gate.
+    let loading = spawn_gated(&cache, "k", &gate, "old");
     until("the load to start", || gate.calls() == 1).await;
     cache.delete("k").await.unwrap();
     gate.open();
@@ -235,17 +233,7 @@ async fn a_delete_during_a_load_keeps_the_loaded_value_out(f: Fixture) {
 async fn a_set_during_a_load_wins_over_the_loaded_value(f: Fixture) {
     let cache = cache(&f);
     let gate = Gate::new();
-    let loading = {
-        let (cache, gate) = (cache.clone(), gate.clone());
-        tokio::spawn(async move {
-            cache
-                .get_or_load("k", move || async move {
-                    gate.pass().await;
-                    Ok::<_, std::io::Error>("old".to_string())
-                })
-                .await
-        })
-    };
+    let loading = spawn_gated(&cache, "k", &gate, "old");
     until("the load to start", || gate.calls() == 1).await;
     cache.set("k", &"new".to_string()).await.unwrap();
     gate.open();
