@@ -128,29 +128,19 @@ fn redis(c: &mut Criterion) {
     // Both forms write every entry (checked once, outside the timing).
     let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
     rt.block_on(async {
+        let all_present = || async {
+            let got = cache.get_many(&keys).await.expect("get_many");
+            assert!(got.iter().all(Option::is_some), "an entry was not written");
+        };
         for (key, value) in &entries {
             cache.set(key, value).await.expect("set");
         }
-        assert!(
-            cache
-                .get_many(&keys)
-                .await
-                .expect("get_many")
-                .iter()
-                .all(Option::is_some)
-        );
+        all_present().await;
         for key in &keys {
             cache.delete(key).await.expect("delete");
         }
         cache.set_many(&entries).await.expect("set_many");
-        assert!(
-            cache
-                .get_many(&keys)
-                .await
-                .expect("get_many")
-                .iter()
-                .all(Option::is_some)
-        );
+        all_present().await;
     });
 
     let mut group = c.benchmark_group("redis_set_1000");
