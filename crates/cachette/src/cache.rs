@@ -152,7 +152,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// from an outage on its own, so it says so. (Loads fail open instead.)
     pub async fn get(&self, key: &str) -> Result<Option<V>, Error> {
         let skey = self.inner.keys.store_key(key)?;
-        match self.read(&skey).await? {
+        match self.read(&skey, true).await? {
             Found::Value(v) => Ok(Some(v)),
             Found::Absent | Found::Nothing => Ok(None),
         }
@@ -170,7 +170,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let raw = self.observe(self.inner.store.get_many(&skeys).await)?;
         Ok(raw
             .iter()
-            .map(|bytes| match self.decode(bytes.as_deref()) {
+            .map(|bytes| match self.decode(bytes.as_deref(), true) {
                 Found::Value(v) => Some(v),
                 Found::Absent | Found::Nothing => None,
             })
@@ -363,7 +363,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
         E: Into<BoxError> + 'static,
     {
         let skey = self.inner.keys.store_key(key)?;
-        match self.read(&skey).await {
+        // A cached "not found" answers only an optional load; for the
+        // others it is a miss to load through.
+        match self.read(&skey, optional).await {
             Ok(Found::Value(v)) => return Ok(Some(v)),
             Ok(Found::Absent) if optional => return Ok(None),
             // A store outage is already counted and logged: fail open.
@@ -508,18 +510,19 @@ impl<V: Value, C: Codec> Cache<V, C> {
         }
     }
 
-    /// Reads and decodes, counting the hit or miss.
-    async fn read(&self, skey: &str) -> Result<Found<V>, Error> {
+    /// Reads and decodes, counting the hit or miss; a cached "not found"
+    /// counts as a hit only when `absent_is_hit`.
+    async fn read(&self, skey: &str, absent_is_hit: bool) -> Result<Found<V>, Error> {
         let bytes = self
             .observe(self.inner.store.get(skey).await)
             .inspect_err(|_| {
                 self.inner.stats.miss();
             })?;
-        Ok(self.decode(bytes.as_deref()))
+        Ok(self.decode(bytes.as_deref(), absent_is_hit))
     }
 
     /// Decodes stored bytes, counting the hit or miss and any invalid entry.
-    fn decode(&self, bytes: Option<&[u8]>) -> Found<V> {
+    fn decode(&self, bytes: Option<&[u8]>, absent_is_hit: bool) -> Found<V> {
         let found = match bytes.map(|b| self.decode_quiet(b)) {
             None => Found::Nothing,
             Some(Ok(found)) => found,
@@ -529,8 +532,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
             }
         };
         match found {
-            Found::Nothing => self.inner.stats.miss(),
-            _ => self.inner.stats.hit(),
+            Found::Value(_) => self.inner.stats.hit(),
+            Found::Absent if absent_is_hit => self.inner.stats.hit(),
+            Found::Absent | Found::Nothing => self.inner.stats.miss(),
         }
         found
     }

@@ -193,6 +193,19 @@ async fn not_found_is_cached_only_with_a_negative_ttl(f: Fixture) {
     }
     assert_eq!(plain.stats().loads, 3);
     assert_eq!(negative.stats().loads, 1, "the negative entry was not used");
+    // For a plain get_or_load the negative entry is a miss, counted as one,
+    // and the value is loaded.
+    let before = negative.stats();
+    let v = negative
+        .get_or_load("gone", || async {
+            Ok::<_, std::io::Error>("now here".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, "now here");
+    let after = negative.stats();
+    assert_eq!((after.hits, after.misses), (before.hits, before.misses + 1));
+    negative.delete("gone").await.unwrap();
     // A write replaces the negative entry at once.
     negative.set("gone", &"created".to_string()).await.unwrap();
     assert_eq!(
