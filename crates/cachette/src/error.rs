@@ -123,6 +123,15 @@ impl Error {
             _ => None,
         }
     }
+
+    /// The source's own error of a failed [`Cache::write_through`](crate::Cache::write_through),
+    /// when it was of type `E`.
+    pub fn write_error<E: StdError + 'static>(&self) -> Option<&E> {
+        match self {
+            Error::Write { source, .. } => source.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
 }
 
 /// A configuration mistake found by a builder.
