@@ -185,7 +185,7 @@ async fn metrics_are_prometheus_text() {
         "cachette_requests_total{namespace=\"product\",result=\"hit\"}",
         "catalog_db_queries_total{query=\"products_between\"}",
         "catalog_http_requests_total{route=\"/products/{id}\",status=\"200\"}",
-        "# TYPE catalog_http_request_duration_seconds summary",
+        "cachette_load_duration_seconds",
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }

@@ -80,6 +80,7 @@ pub async fn run_hot_bench(program: &Path, bench: &HotBench) -> Result<String, B
         list_ratio: 0.0,
         hot: Some(bench.product),
         seed: 1,
+        rate: None,
     };
     let mut rounds: Vec<(LoadResult, LoadResult)> = Vec::new();
     for _ in 0..bench.rounds.max(1) {

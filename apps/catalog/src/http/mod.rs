@@ -1,6 +1,7 @@
 //! The HTTP API (see the README for the contract).
 
 mod error;
+mod observe;
 mod ops;
 mod params;
 mod products;
@@ -9,10 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -20,6 +20,7 @@ pub use error::ApiError;
 pub use params::{DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE};
 
 use crate::catalog::Catalog;
+use observe::HttpMetrics;
 
 /// Largest request body accepted (a product patch is far smaller).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -74,22 +75,25 @@ impl AppState {
 
 /// The catalog's routes.
 pub fn router(state: AppState) -> Router {
+    const PRODUCT: &str = "/products/{id}";
+    const LISTING: &str = "/categories/{id}/products";
+    let observed = HttpMetrics::new(&[PRODUCT, LISTING, "/health", "/stats", "/metrics"]);
     Router::new()
         .route(
-            "/products/{id}",
+            PRODUCT,
             get(products::get_product).put(products::put_product),
         )
-        .route(
-            "/categories/{id}/products",
-            get(products::category_products),
-        )
+        .route(LISTING, get(products::category_products))
         .route("/health", get(ops::health))
         .route("/stats", get(ops::stats))
         .route("/metrics", get(ops::metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(count_requests))
+        .layer(middleware::from_fn_with_state(
+            observed,
+            observe::count_requests,
+        ))
         .with_state(state)
 }
 
@@ -102,21 +106,4 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         format!("{method} is not allowed on {}", uri.path()),
     )
-}
-
-/// `catalog_http_requests_total{route, status}` and request durations.
-async fn count_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!("catalog_http_request_duration_seconds", "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!("catalog_http_requests_total", "route" => route, "status" => status)
-        .increment(1);
-    response
 }

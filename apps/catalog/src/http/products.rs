@@ -3,8 +3,12 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{
+    JsonRejection, PathRejection, QueryRejection, RawPathParamsRejection,
+};
+use axum::extract::{Path, Query, RawPathParams, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
@@ -13,13 +17,33 @@ use crate::product::{Product, ProductPatch};
 
 pub(super) async fn get_product(
     State(app): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Product>, ApiError> {
-    let id = product_id(path)?;
+    path: Result<RawPathParams, RawPathParamsRejection>,
+) -> Result<Response, ApiError> {
+    let id = raw_id("product", path)?;
     match app.catalog.product(id).await? {
-        Some(product) => Ok(Json(product)),
+        Some(product) => Ok(json_response(&product)),
         None => Err(ApiError::not_found(format!("product {id} not found"))),
     }
+}
+
+/// The hot path's serialization: one buffer sized for a typical product,
+/// no intermediate copies.
+fn json_response(product: &Product) -> Response {
+    let mut buf = Vec::with_capacity(384);
+    match serde_json::to_writer(&mut buf, product) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], buf).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The single `{id}` path parameter, already percent-decoded, as an id.
+fn raw_id(
+    what: &str,
+    path: Result<RawPathParams, RawPathParamsRejection>,
+) -> Result<i64, ApiError> {
+    let params = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let raw = params.iter().next().map(|(_, v)| v).unwrap_or_default();
+    params::id(what, raw)
 }
 
 pub(super) async fn put_product(

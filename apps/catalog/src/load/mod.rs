@@ -32,6 +32,10 @@ pub struct LoadSpec {
     pub list_ratio: f64,
     pub hot: Option<i64>,
     pub seed: u64,
+    /// Offered load in requests/s over all connections (an open loop, the
+    /// same request schedule for every target); `None`: each connection
+    /// sends as fast as it gets answers (a closed loop, measures capacity).
+    pub rate: Option<f64>,
 }
 
 /// What one run measured.
@@ -102,8 +106,22 @@ pub async fn run(target: &str, spec: &LoadSpec) -> Result<LoadResult, LoadError>
     let measure_from = tokio::time::Instant::from_std(started + spec.warmup);
     let measure_until = measure_from + spec.duration;
 
-    let mut workers = Vec::with_capacity(spec.concurrency);
-    for user in 0..spec.concurrency.max(1) {
+    let users = spec.concurrency.max(1);
+    // With a rate, user k sends at start + k*gap/users + n*gap: the schedule
+    // is fixed in advance and a user that falls behind catches up at once,
+    // so every target gets the same requests at the same rate. Latency is
+    // measured from the actual send: tokio's timers wake up to a
+    // millisecond late, which would otherwise be charged to the server.
+    let gap = match spec.rate {
+        Some(rate) if rate > 0.0 && rate.is_finite() => {
+            Some(Duration::from_secs_f64(users as f64 / rate))
+        }
+        Some(_) => return Err(LoadError::Spec("--rate must be a positive number".into())),
+        None => None,
+    };
+    let first_send = tokio::time::Instant::from_std(started);
+    let mut workers = Vec::with_capacity(users);
+    for user in 0..users {
         let mut workload =
             Workload::new(mix, spec.seed.wrapping_add(user as u64)).map_err(LoadError::Spec)?;
         let mut client = HttpClient::new(target).await?;
@@ -112,9 +130,14 @@ pub async fn run(target: &str, spec: &LoadSpec) -> Result<LoadResult, LoadError>
             errors: 0,
             latency: new_histogram()?,
         };
+        let mut next = gap.map(|gap| first_send + gap.mul_f64(user as f64 / users as f64));
         workers.push(tokio::spawn(async move {
             loop {
                 let op = workload.next_op();
+                if let (Some(at), Some(gap)) = (next, gap) {
+                    sleep_until(at).await;
+                    next = Some(at + gap);
+                }
                 let sent = tokio::time::Instant::now();
                 if sent >= measure_until {
                     break;

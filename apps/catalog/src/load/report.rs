@@ -31,8 +31,12 @@ fn describe(spec: &LoadSpec) -> String {
             spec.list_ratio * 100.0
         ),
     };
+    let pace = match spec.rate {
+        Some(rate) => format!("{} req/s offered", thousands(rate)),
+        None => "as fast as answered".to_owned(),
+    };
     format!(
-        "{what}; {} connections; {:.0} s measured after {:.0} s warm-up",
+        "{what}; {} connections, {pace}; {:.0} s measured after {:.0} s warm-up",
         spec.concurrency,
         spec.duration.as_secs_f64(),
         spec.warmup.as_secs_f64()
@@ -146,6 +150,19 @@ pub fn print_comparison(spec: &LoadSpec, cached: &LoadResult, baseline: &LoadRes
         thousands(qa),
         thousands(qb),
         reduction
+    );
+    let per_request = |r: &LoadResult| {
+        format!(
+            "{:.4}",
+            r.db_queries_per_second() / r.requests_per_second().max(1e-9)
+        )
+    };
+    let _ = writeln!(
+        out,
+        "{:<16}{:>16}{:>16}",
+        "db queries/req",
+        per_request(cached),
+        per_request(baseline)
     );
     let _ = writeln!(
         out,
