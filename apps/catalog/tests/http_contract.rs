@@ -1,11 +1,11 @@
 //! The HTTP contract other tools drive: shapes, types, statuses, ordering,
 //! paging, and that an update is visible at once — on the embedded store,
-//! on Redis, and without a cache.
+//! on Redis, without a cache, and over PostgreSQL instead of SQLite.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use cachette_test::RedisServer;
+use cachette_test::{PostgresServer, RedisServer};
 use common::{Options, TestApp};
 use serde_json::{Value, json};
 
@@ -23,6 +23,19 @@ async fn each_mode(test: impl AsyncFn(TestApp)) {
     test(
         TestApp::start(Options {
             no_cache: true,
+            ..Options::default()
+        })
+        .await,
+    )
+    .await;
+    // A Redis of its own: the first one still holds the SQLite catalog's
+    // entries under the same keys.
+    let postgres = PostgresServer::spawn();
+    let redis = RedisServer::spawn();
+    test(
+        TestApp::start(Options {
+            database_url: Some(postgres.url()),
+            redis_url: Some(redis.url()),
             ..Options::default()
         })
         .await,

@@ -7,16 +7,19 @@
 //! The main item is [`RedisServer`], a real `redis-server` process on a free
 //! loopback port that lives exactly as long as the value does; [`Fixture`]
 //! pairs a store with what it needs; [`conformance`] is the suite every
-//! store must pass.
+//! store must pass. [`PostgresServer`] does for PostgreSQL what
+//! [`RedisServer`] does for Redis, for the catalog service's tests.
 
 // Panicking is the correct failure mode for test support; the workspace-wide
 // warnings on `unwrap`/`expect` exist for the library crates, not for this one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fixture;
+mod postgres;
 mod server;
 
 pub mod conformance;
 
 pub use fixture::{Fixture, connect};
+pub use postgres::PostgresServer;
 pub use server::RedisServer;

@@ -458,7 +458,7 @@ fn search_path(name: &std::ffi::OsStr) -> Option<PathBuf> {
 /// A port that was free a moment ago. The listener is dropped before
 /// returning, so the port can be taken by someone else before redis binds it;
 /// callers handle that by retrying.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
