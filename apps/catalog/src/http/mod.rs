@@ -12,7 +12,6 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
-use axum::middleware;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -20,7 +19,7 @@ pub use error::ApiError;
 pub use params::{DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE};
 
 use crate::catalog::Catalog;
-use observe::HttpMetrics;
+use observe::{CountRequestsLayer, HttpMetrics};
 
 /// Largest request body accepted (a product patch is far smaller).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -90,10 +89,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(
-            observed,
-            observe::count_requests,
-        ))
+        .layer(CountRequestsLayer::new(observed))
         .with_state(state)
 }
 

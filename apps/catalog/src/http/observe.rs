@@ -7,12 +7,18 @@
 //! hot GET's throughput (README, "Figures"); request latency is measured by
 //! the load generator, and the source's by `cachette_load_duration_seconds`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::MatchedPath;
+use axum::http::Request;
 use axum::response::Response;
 use metrics::Counter;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
 
 /// Statuses the catalog answers with; anything else is counted as `other`.
 const STATUSES: [(u16, &str); 9] = [
@@ -70,20 +76,92 @@ impl HttpMetrics {
     }
 }
 
-/// The middleware.
-pub(super) async fn count_requests(
-    State(metrics): State<Arc<HttpMetrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let matched = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str);
-    let series = matched
-        .and_then(|m| metrics.routes.iter().find(|s| s.route == m))
-        .unwrap_or(&metrics.unmatched);
-    let response = next.run(request).await;
-    series.record(response.status().as_u16());
-    response
+/// Counts each response of the service it wraps.
+///
+/// A hand-written tower layer rather than `axum::middleware::from_fn`: that
+/// one clones a boxed service and boxes a future per request, which cost
+/// a few points of the hot GET's throughput; this one adds neither.
+#[derive(Clone)]
+pub(super) struct CountRequestsLayer {
+    metrics: Arc<HttpMetrics>,
+}
+
+impl CountRequestsLayer {
+    pub(super) fn new(metrics: Arc<HttpMetrics>) -> CountRequestsLayer {
+        CountRequestsLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for CountRequestsLayer {
+    type Service = CountRequests<S>;
+
+    fn layer(&self, inner: S) -> CountRequests<S> {
+        CountRequests {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`CountRequestsLayer`] makes.
+#[derive(Clone)]
+pub(super) struct CountRequests<S> {
+    inner: S,
+    metrics: Arc<HttpMetrics>,
+}
+
+impl<S, B> Service<Request<B>> for CountRequests<S>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Counted<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let matched = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str);
+        let series = matched.and_then(|m| self.metrics.routes.iter().position(|s| s.route == m));
+        Counted {
+            inner: self.inner.call(request),
+            metrics: self.metrics.clone(),
+            series,
+        }
+    }
+}
+
+pin_project! {
+    /// The wrapped service's future; counts the response when it is ready.
+    pub(super) struct Counted<F> {
+        #[pin]
+        inner: F,
+        metrics: Arc<HttpMetrics>,
+        series: Option<usize>,
+    }
+}
+
+impl<F, E> Future for Counted<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            let series = this
+                .series
+                .and_then(|i| this.metrics.routes.get(i))
+                .unwrap_or(&this.metrics.unmatched);
+            series.record(response.status().as_u16());
+        }
+        Poll::Ready(result)
+    }
 }
