@@ -182,7 +182,7 @@ async fn metrics_are_prometheus_text() {
     assert_eq!(r.status, 200);
     let text = String::from_utf8(r.body.to_vec()).unwrap();
     for series in [
-        "cachette_requests_total{namespace=\"product\",result=\"hit\"}",
+        "cachette_requests_total{namespace=\"product\",result=\"hit\",tier=\"l2\"}",
         "catalog_db_queries_total{query=\"products_between\"}",
         "catalog_http_requests_total{route=\"/products/{id}\",status=\"200\"}",
         "cachette_load_duration_seconds",

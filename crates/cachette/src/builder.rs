@@ -8,6 +8,7 @@ use crate::cache::{Cache, Inner, Value};
 use crate::codec::Codec;
 use crate::flight::Flights;
 use crate::key::{DEFAULT_MAX_KEY_BYTES, KeySpace};
+use crate::l1::{L1, L1Config};
 use crate::stats::Recorder;
 use crate::store::{EmbeddedStore, Store};
 use crate::{BuildError, Ttl};
@@ -15,6 +16,11 @@ use crate::{BuildError, Ttl};
 /// The largest encoded entry, by default: 1 MiB. Larger values waste memory
 /// in every store and time on every read; cache a smaller projection.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// The default L1 TTL cap.
+pub const DEFAULT_L1_TTL: Duration = Duration::from_secs(60);
+/// The default size above which values stay out of L1 (encoded bytes).
+pub const DEFAULT_L1_MAX_ENTRY_BYTES: usize = 64 * 1024;
 
 /// Options of one cache namespace. Made by [`Cache::builder`].
 #[must_use]
@@ -29,6 +35,9 @@ pub struct CacheBuilder<V, C> {
     max_value_bytes: usize,
     max_key_bytes: usize,
     store: Option<Arc<dyn Store>>,
+    l1_max_bytes: Option<u64>,
+    l1_ttl: Duration,
+    l1_max_entry_bytes: usize,
     codec: C,
     _value: PhantomData<fn() -> V>,
 }
@@ -45,6 +54,9 @@ impl<V: Value, C: Codec + Default> CacheBuilder<V, C> {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             store: None,
+            l1_max_bytes: None,
+            l1_ttl: DEFAULT_L1_TTL,
+            l1_max_entry_bytes: DEFAULT_L1_MAX_ENTRY_BYTES,
             codec: C::default(),
             _value: PhantomData,
         }
@@ -107,6 +119,34 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
         self
     }
 
+    /// An in-process first tier (L1) of at most `max_bytes`, in front of
+    /// the store (L2). L1 keeps decoded values, so its hits do no store
+    /// call and no deserialization. A copy never outlives its entry's
+    /// freshness in the store, nor the L1 TTL cap ([`CacheBuilder::l1_ttl`],
+    /// default 60 s); values over [`CacheBuilder::l1_max_entry_bytes`]
+    /// (default 64 KiB encoded) stay in the store only. Off by default.
+    ///
+    /// Over a store shared by several processes (Redis), another process's
+    /// write reaches this process's L1 through the backplane; without one,
+    /// the TTL cap is the bound on how long a copy can be stale.
+    pub fn l1(mut self, max_bytes: u64) -> Self {
+        self.l1_max_bytes = Some(max_bytes);
+        self
+    }
+
+    /// The L1 TTL cap (see [`CacheBuilder::l1`]).
+    pub fn l1_ttl(mut self, cap: Duration) -> Self {
+        self.l1_ttl = cap;
+        self
+    }
+
+    /// Encoded values larger than this stay out of L1 (see
+    /// [`CacheBuilder::l1`]).
+    pub fn l1_max_entry_bytes(mut self, bytes: usize) -> Self {
+        self.l1_max_entry_bytes = bytes;
+        self
+    }
+
     /// The store. Stores are cheap handles: pass clones of one store to
     /// every namespace that should share it. By default, a private
     /// [`EmbeddedStore`] of 64 MiB.
@@ -132,6 +172,9 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             max_value_bytes: self.max_value_bytes,
             max_key_bytes: self.max_key_bytes,
             store: self.store,
+            l1_max_bytes: self.l1_max_bytes,
+            l1_ttl: self.l1_ttl,
+            l1_max_entry_bytes: self.l1_max_entry_bytes,
             codec,
             _value: PhantomData,
         }
@@ -186,6 +229,23 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(EmbeddedStore::default()));
+        let l1 = match self.l1_max_bytes {
+            None => None,
+            Some(0) => {
+                return Err(BuildError::OutOfRange {
+                    what: "l1",
+                    reason: "an L1 of 0 bytes holds nothing; leave it out instead".into(),
+                });
+            }
+            Some(max_bytes) => {
+                let ttl_cap = valid_ttl("l1_ttl", self.l1_ttl)?.get();
+                Some(L1::new(L1Config {
+                    max_bytes,
+                    ttl_cap,
+                    max_entry_bytes: self.l1_max_entry_bytes,
+                }))
+            }
+        };
         Ok(Cache::from_inner(Inner {
             stats: Recorder::new(&self.namespace),
             namespace: self.namespace,
@@ -197,6 +257,7 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             negative_ttl,
             max_value_bytes: self.max_value_bytes,
             flights: Flights::default(),
+            l1,
             _value: PhantomData,
         }))
     }

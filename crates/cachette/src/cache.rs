@@ -12,10 +12,11 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -24,6 +25,7 @@ use crate::codec::{Codec, Json};
 use crate::envelope::{self, InvalidEntry, Meta, flags};
 use crate::flight::{Failure, Flight, Flights, Outcome, Role, Settle};
 use crate::key::KeySpace;
+use crate::l1::{L1, L1Usage};
 use crate::stats::{Recorder, Stats};
 use crate::store::{Store, StoreEntry, StoreError};
 use crate::{BoxError, Error, Ttl};
@@ -67,7 +69,9 @@ pub(crate) struct Inner<V, C> {
     pub(crate) negative_ttl: Option<Ttl>,
     pub(crate) max_value_bytes: usize,
     pub(crate) stats: Recorder,
-    pub(crate) flights: Flights<V>,
+    pub(crate) flights: Flights<Arc<V>>,
+    /// The in-process tier, when configured.
+    pub(crate) l1: Option<L1<V>>,
     pub(crate) _value: PhantomData<fn() -> V>,
 }
 
@@ -95,12 +99,26 @@ impl<V, C: fmt::Debug> fmt::Debug for Cache<V, C> {
     }
 }
 
+thread_local! {
+    /// The L1 hit path's store-key buffer, reused across calls.
+    static KEY_BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// What a read found.
 enum Found<V> {
-    Value(V),
+    Value(Arc<V>),
     /// A cached "not found".
     Absent,
     Nothing,
+}
+
+/// A decoded store entry, with what L1 needs to copy it.
+struct Decoded<V> {
+    found: Found<V>,
+    /// How long the store's entry stays fresh from now.
+    fresh_for: Duration,
+    /// Its encoded size.
+    size: usize,
 }
 
 impl<V: Value> Cache<V, Json> {
@@ -151,10 +169,34 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// [`Error::Store`] when the store fails: a plain read cannot tell a miss
     /// from an outage on its own, so it says so. (Loads fail open instead.)
     pub async fn get(&self, key: &str) -> Result<Option<V>, Error> {
-        let skey = self.inner.keys.store_key(key)?;
-        match self.read(&skey, true).await? {
-            Found::Value(v) => Ok(Some(v)),
-            Found::Absent | Found::Nothing => Ok(None),
+        Ok(self.get_shared(key).await?.map(Arc::unwrap_or_clone))
+    }
+
+    /// [`Cache::get`] without the copy: the value as the L1 tier holds it.
+    /// An L1 hit is a lookup and a reference-count increment.
+    ///
+    /// # Errors
+    /// As [`Cache::get`].
+    ///
+    /// The L1 lookup runs when this is called; the returned future only
+    /// awaits the store on an L1 miss. (An L1 hit is then a ready future of
+    /// a few words instead of the whole read path's state machine, which
+    /// measurably matters at this speed.)
+    pub fn get_shared<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Future<Output = Result<Option<Arc<V>>, Error>> + Send + 'a {
+        let found = |found: Found<V>| match found {
+            Found::Value(v) => Some(v),
+            Found::Absent | Found::Nothing => None,
+        };
+        match self.l1_lookup(key, true) {
+            Ok(Some(hit)) => Either::Left(std::future::ready(Ok(found(hit)))),
+            Err(e) => Either::Left(std::future::ready(Err(e))),
+            Ok(None) => Either::Right(Box::pin(async move {
+                let skey = self.inner.keys.store_key(key)?;
+                Ok(found(self.read(&skey, true).await?))
+            })),
         }
     }
 
@@ -171,7 +213,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         Ok(raw
             .iter()
             .map(|bytes| match self.decode(bytes.as_deref(), true) {
-                Found::Value(v) => Some(v),
+                Found::Value(v) => Some(Arc::unwrap_or_clone(v)),
                 Found::Absent | Found::Nothing => None,
             })
             .collect())
@@ -200,7 +242,15 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let skey = self.inner.keys.store_key(key)?;
         let bytes = self.encode(Some(value), ttl)?;
         self.inner.flights.void(&skey).await;
-        self.write(&skey, bytes, ttl).await
+        let size = bytes.len();
+        let written = self.write(&skey, bytes, ttl).await;
+        self.after_write(
+            &skey,
+            written.is_ok().then(|| Arc::new(value.clone())),
+            size,
+            ttl,
+        );
+        written
     }
 
     /// Stores every `(key, value)` pair for the namespace's TTL: one store
@@ -222,7 +272,13 @@ impl<V: Value, C: Codec> Cache<V, C> {
         for entry in &batch {
             self.inner.flights.void(&entry.key).await;
         }
-        self.observe(self.inner.store.set_many(&batch).await)
+        let written = self.observe(self.inner.store.set_many(&batch).await);
+        if let Some(l1) = &self.inner.l1 {
+            for entry in &batch {
+                l1.invalidate(&entry.key);
+            }
+        }
+        written
     }
 
     /// Removes `key`; true if an entry was there. A load of `key` in flight
@@ -233,7 +289,11 @@ impl<V: Value, C: Codec> Cache<V, C> {
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
         let skey = self.inner.keys.store_key(key)?;
         self.inner.flights.void(&skey).await;
-        self.observe(self.inner.store.delete(&skey).await)
+        let deleted = self.observe(self.inner.store.delete(&skey).await);
+        if let Some(l1) = &self.inner.l1 {
+            l1.invalidate(&skey);
+        }
+        deleted
     }
 
     /// Cache-aside: the cached value of `key`, or the loader's, which is then
@@ -276,6 +336,36 @@ impl<V: Value, C: Codec> Cache<V, C> {
         E: Into<BoxError> + 'static,
     {
         let ttl = Ttl::new(ttl)?;
+        self.load_required(key, ttl, loader)
+            .await
+            .map(Arc::unwrap_or_clone)
+    }
+
+    /// [`Cache::get_or_load`] without the copy: the value as the L1 tier
+    /// holds it.
+    ///
+    /// # Errors
+    /// As [`Cache::get_or_load`].
+    pub async fn get_or_load_shared<F, Fut, E>(&self, key: &str, loader: F) -> Result<Arc<V>, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.load_required(key, self.inner.ttl, loader).await
+    }
+
+    async fn load_required<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Ttl,
+        loader: F,
+    ) -> Result<Arc<V>, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
         let loaded = self
             .load(
                 key,
@@ -302,6 +392,26 @@ impl<V: Value, C: Codec> Cache<V, C> {
         key: &str,
         loader: F,
     ) -> Result<Option<V>, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        Ok(self
+            .load(key, self.inner.ttl, true, loader)
+            .await?
+            .map(Arc::unwrap_or_clone))
+    }
+
+    /// [`Cache::get_or_load_optional`] without the copy.
+    ///
+    /// # Errors
+    /// As [`Cache::get_or_load`].
+    pub async fn get_or_load_optional_shared<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+    ) -> Result<Option<Arc<V>>, Error>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
@@ -336,10 +446,23 @@ impl<V: Value, C: Codec> Cache<V, C> {
         self.inner.flights.void(&skey).await;
         let ttl = self.inner.ttl.jittered(self.inner.ttl_jitter);
         let written = match self.encode(Some(&value), ttl) {
-            Ok(bytes) => self.write(&skey, bytes, ttl).await,
+            Ok(bytes) => {
+                let size = bytes.len();
+                let written = self.write(&skey, bytes, ttl).await;
+                self.after_write(
+                    &skey,
+                    written.is_ok().then(|| Arc::new(value.clone())),
+                    size,
+                    ttl,
+                );
+                written
+            }
             Err(e) => Err(e),
         };
         if let Err(err) = written {
+            if let Some(l1) = &self.inner.l1 {
+                l1.invalidate(&skey);
+            }
             tracing::warn!(namespace = %self.inner.namespace, error = %err, "write-through could not update the cache; deleting the entry");
             if let Err(e) = self.inner.store.delete(&skey).await {
                 self.inner.stats.store_error(&e);
@@ -356,16 +479,20 @@ impl<V: Value, C: Codec> Cache<V, C> {
         ttl: Ttl,
         optional: bool,
         loader: F,
-    ) -> Result<Option<V>, Error>
+    ) -> Result<Option<Arc<V>>, Error>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         let skey = self.inner.keys.store_key(key)?;
+        let found = match self.l1_lookup(key, optional)? {
+            Some(found) => Ok(found),
+            None => self.read(&skey, optional).await,
+        };
         // A cached "not found" answers only an optional load; for the
         // others it is a miss to load through.
-        match self.read(&skey, optional).await {
+        match found {
             Ok(Found::Value(v)) => return Ok(Some(v)),
             Ok(Found::Absent) if optional => return Ok(None),
             // A store outage is already counted and logged: fail open.
@@ -406,8 +533,8 @@ impl<V: Value, C: Codec> Cache<V, C> {
     async fn fly<F, Fut, E>(
         self,
         skey: String,
-        flight: Arc<Flight<V>>,
-        settle: Settle<V>,
+        flight: Arc<Flight<Arc<V>>>,
+        settle: Settle<Arc<V>>,
         ttl: Ttl,
         optional: bool,
         loader: F,
@@ -426,20 +553,23 @@ impl<V: Value, C: Codec> Cache<V, C> {
     async fn run_flight<F, Fut, E>(
         &self,
         skey: &str,
-        flight: &Flight<V>,
+        flight: &Flight<Arc<V>>,
         ttl: Ttl,
         optional: bool,
         loader: F,
-    ) -> Outcome<V>
+    ) -> Outcome<Arc<V>>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
+        // Taken before anything is read: an invalidation of the key from
+        // here on keeps this flight's value out of L1.
+        let ticket = self.inner.l1.as_ref().map(|l1| l1.ticket(skey));
         // Check again: a flight that finished between our caller's read and
         // this flight's start has already filled the entry.
         if let Ok(Some(bytes)) = self.inner.store.get(skey).await {
-            match self.decode_quiet(&bytes) {
+            match self.decode_quiet(&bytes).map(|d| d.found) {
                 Ok(Found::Value(v)) => return Ok(Some(v)),
                 Ok(Found::Absent) if optional => return Ok(None),
                 _ => {}
@@ -454,7 +584,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 .await;
             self.inner.stats.load(started.elapsed());
             match result {
-                Ok(Ok(value)) => value,
+                Ok(Ok(value)) => value.map(Arc::new),
                 Ok(Err(err)) => {
                     self.inner.stats.load_error();
                     return Err(Failure::Loader(Arc::from(err.into())));
@@ -471,13 +601,18 @@ impl<V: Value, C: Codec> Cache<V, C> {
             (None, _) => None,
         };
         if let Some(fill_ttl) = fill_ttl {
-            match self.encode(value.as_ref(), fill_ttl) {
+            match self.encode(value.as_deref(), fill_ttl) {
                 Ok(bytes) => {
+                    let size = bytes.len();
                     let filled = flight
                         .fill_unless_voided(async {
                             // Failures are counted and logged in `write`; the
                             // loaded value is served regardless.
-                            let _ = self.write(skey, bytes, fill_ttl).await;
+                            if self.write(skey, bytes, fill_ttl).await.is_ok()
+                                && let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket)
+                            {
+                                l1.fill(skey, ticket, value.clone(), size, fill_ttl.get());
+                            }
                         })
                         .await;
                     if !filled {
@@ -510,22 +645,83 @@ impl<V: Value, C: Codec> Cache<V, C> {
         }
     }
 
-    /// Reads and decodes, counting the hit or miss; a cached "not found"
-    /// counts as a hit only when `absent_is_hit`.
+    /// The L1 copy of `key`, counted; `None` without L1 or a copy. The
+    /// store key is built in a per-thread buffer: an L1 hit allocates
+    /// nothing.
+    fn l1_lookup(&self, key: &str, absent_is_hit: bool) -> Result<Option<Found<V>>, Error> {
+        let Some(l1) = &self.inner.l1 else {
+            return Ok(None);
+        };
+        let slot = KEY_BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            self.inner
+                .keys
+                .write_store_key(key, buf)
+                .map(|()| l1.get(buf))
+        })?;
+        Ok(slot.map(|slot| match slot.value {
+            Some(value) => {
+                self.inner.stats.l1_hit();
+                Found::Value(value)
+            }
+            None if absent_is_hit => {
+                self.inner.stats.l1_hit();
+                Found::Absent
+            }
+            None => {
+                self.inner.stats.miss();
+                Found::Absent
+            }
+        }))
+    }
+
+    /// Reads the store and decodes, counting the hit or miss; a cached "not
+    /// found" counts as a hit only when `absent_is_hit`. With L1, what the
+    /// store returns is copied into it (callers look in L1 first).
     async fn read(&self, skey: &str, absent_is_hit: bool) -> Result<Found<V>, Error> {
+        let Some(l1) = &self.inner.l1 else {
+            let bytes = self
+                .observe(self.inner.store.get(skey).await)
+                .inspect_err(|_| self.inner.stats.miss())?;
+            return Ok(self.decode(bytes.as_deref(), absent_is_hit));
+        };
+        let ticket = l1.ticket(skey);
         let bytes = self
             .observe(self.inner.store.get(skey).await)
-            .inspect_err(|_| {
+            .inspect_err(|_| self.inner.stats.miss())?;
+        let Some(bytes) = bytes else {
+            self.inner.stats.miss();
+            return Ok(Found::Nothing);
+        };
+        let decoded = match self.decode_quiet(&bytes) {
+            Ok(decoded) => decoded,
+            Err(why) => {
+                self.inner.stats.invalid_entry(&why);
                 self.inner.stats.miss();
-            })?;
-        Ok(self.decode(bytes.as_deref(), absent_is_hit))
+                return Ok(Found::Nothing);
+            }
+        };
+        let copy = match &decoded.found {
+            Found::Value(v) => Some(Some(Arc::clone(v))),
+            Found::Absent => Some(None),
+            Found::Nothing => None,
+        };
+        if let Some(copy) = copy {
+            l1.fill(skey, ticket, copy, decoded.size, decoded.fresh_for);
+        }
+        match decoded.found {
+            Found::Value(_) => self.inner.stats.hit(),
+            Found::Absent if absent_is_hit => self.inner.stats.hit(),
+            Found::Absent | Found::Nothing => self.inner.stats.miss(),
+        }
+        Ok(decoded.found)
     }
 
     /// Decodes stored bytes, counting the hit or miss and any invalid entry.
     fn decode(&self, bytes: Option<&[u8]>, absent_is_hit: bool) -> Found<V> {
         let found = match bytes.map(|b| self.decode_quiet(b)) {
             None => Found::Nothing,
-            Some(Ok(found)) => found,
+            Some(Ok(decoded)) => decoded.found,
             Some(Err(why)) => {
                 self.inner.stats.invalid_entry(&why);
                 Found::Nothing
@@ -539,16 +735,35 @@ impl<V: Value, C: Codec> Cache<V, C> {
         found
     }
 
-    fn decode_quiet(&self, bytes: &[u8]) -> Result<Found<V>, InvalidEntry> {
+    fn decode_quiet(&self, bytes: &[u8]) -> Result<Decoded<V>, InvalidEntry> {
         let entry = envelope::decode(bytes)?;
-        if entry.meta.is_negative() {
-            return Ok(Found::Absent);
+        let now = envelope::unix_ms(std::time::SystemTime::now());
+        let fresh_for = Duration::from_millis(entry.meta.fresh_until_ms.saturating_sub(now));
+        let found = if entry.meta.is_negative() {
+            Found::Absent
+        } else {
+            self.inner
+                .codec
+                .decode(entry.payload)
+                .map(|v| Found::Value(Arc::new(v)))
+                .map_err(|_| InvalidEntry::Undecodable)?
+        };
+        Ok(Decoded {
+            found,
+            fresh_for,
+            size: bytes.len(),
+        })
+    }
+
+    /// After this instance wrote `key` to the store: its L1 copy becomes the
+    /// written value (`None`: the write failed, drop the copy).
+    fn after_write(&self, skey: &str, written: Option<Arc<V>>, size: usize, ttl: Ttl) {
+        if let Some(l1) = &self.inner.l1 {
+            match written {
+                Some(value) => l1.put(skey, Some(value), size, ttl.get()),
+                None => l1.invalidate(skey),
+            }
         }
-        self.inner
-            .codec
-            .decode(entry.payload)
-            .map(Found::Value)
-            .map_err(|_| InvalidEntry::Undecodable)
     }
 
     fn encode(&self, value: Option<&V>, ttl: Ttl) -> Result<Bytes, Error> {
@@ -569,6 +784,19 @@ impl<V: Value, C: Codec> Cache<V, C> {
             });
         }
         Ok(Bytes::from(bytes))
+    }
+
+    /// How full the L1 tier is (`None` without one).
+    pub fn l1_usage(&self) -> Option<L1Usage> {
+        self.inner.l1.as_ref().map(L1::usage)
+    }
+
+    /// Drops every L1 copy of this namespace in this process (the store is
+    /// untouched). Fills in progress are kept out too.
+    pub fn clear_l1(&self) {
+        if let Some(l1) = &self.inner.l1 {
+            l1.invalidate_all();
+        }
     }
 
     /// Loads in flight in this process now.

@@ -56,12 +56,19 @@ impl KeySpace {
 
     /// The store key for a user key.
     pub(crate) fn store_key(&self, key: &str) -> Result<String, Error> {
+        let mut out = String::with_capacity(self.head.len() + key.len().min(66) + 2);
+        self.write_store_key(key, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`KeySpace::store_key`] into a caller's buffer (appended), so a hot
+    /// path can reuse one allocation.
+    pub(crate) fn write_store_key(&self, key: &str, out: &mut String) -> Result<(), Error> {
         if key.is_empty() {
             return Err(Error::InvalidKey {
                 reason: "a key must not be empty",
             });
         }
-        let mut out = String::with_capacity(self.head.len() + key.len().min(66) + 2);
         out.push_str(&self.head);
         out.push('{');
         if key.len() > self.max_key_bytes || key.starts_with('#') {
@@ -74,7 +81,7 @@ impl KeySpace {
             out.push_str(key);
         }
         out.push('}');
-        Ok(out)
+        Ok(())
     }
 
     /// The part every key of this namespace starts with.

@@ -77,6 +77,7 @@ mod codec;
 mod error;
 mod flight;
 mod key;
+mod l1;
 mod loader;
 mod stats;
 mod ttl;
@@ -84,11 +85,14 @@ mod ttl;
 pub mod envelope;
 pub mod store;
 
-pub use crate::builder::{CacheBuilder, DEFAULT_MAX_VALUE_BYTES};
+pub use crate::builder::{
+    CacheBuilder, DEFAULT_L1_MAX_ENTRY_BYTES, DEFAULT_L1_TTL, DEFAULT_MAX_VALUE_BYTES,
+};
 pub use crate::cache::{Cache, NotFound, Value};
 pub use crate::codec::{Codec, Json};
 pub use crate::error::{BoxError, BuildError, Error};
 pub use crate::key::DEFAULT_MAX_KEY_BYTES;
+pub use crate::l1::L1Usage;
 pub use crate::loader::{Loader, ReadThrough};
 pub use crate::stats::Stats;
 pub use crate::ttl::Ttl;

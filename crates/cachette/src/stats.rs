@@ -9,7 +9,7 @@
 //!
 //! | metric | labels |
 //! |---|---|
-//! | `cachette_requests_total` | `namespace`, `result` = `hit` / `miss` |
+//! | `cachette_requests_total` | `namespace`, `result` = `hit` (with `tier` = `l1` / `l2`) / `miss` |
 //! | `cachette_loads_total` | `namespace` |
 //! | `cachette_load_errors_total` | `namespace` |
 //! | `cachette_invalid_entries_total` | `namespace` |
@@ -32,8 +32,11 @@ use crate::store::StoreError;
 pub struct Stats {
     /// The namespace these counters belong to.
     pub namespace: String,
-    /// Reads that found an entry (a cached "not found" included).
+    /// Reads that found an entry (a cached "not found" included), in either tier.
     pub hits: u64,
+    /// Of `hits`, those served by the in-process L1 tier (no store call, no
+    /// decoding). `hits - l1_hits` were served by the store (L2).
+    pub l1_hits: u64,
     /// Reads that found nothing usable.
     pub misses: u64,
     /// Loader runs.
@@ -78,6 +81,14 @@ impl Event {
             metric,
         }
     }
+    /// `cachette_requests_total{namespace, result="hit", tier}`.
+    fn tiered(namespace: &str, tier: &'static str) -> Event {
+        Event {
+            count: AtomicU64::new(0),
+            metric: metrics::counter!("cachette_requests_total", "namespace" => namespace.to_owned(), "result" => "hit", "tier" => tier),
+        }
+    }
+
     fn add(&self, n: u64) {
         self.count.fetch_add(n, Relaxed);
         self.metric.increment(n);
@@ -92,6 +103,7 @@ impl Event {
 pub(crate) struct Recorder {
     namespace: String,
     hits: Event,
+    l1_hits: Event,
     misses: Event,
     loads: Event,
     load_errors: Event,
@@ -107,7 +119,8 @@ impl Recorder {
     pub(crate) fn new(namespace: &str) -> Recorder {
         Recorder {
             namespace: namespace.to_owned(),
-            hits: Event::new("cachette_requests_total", namespace, Some("hit")),
+            hits: Event::tiered(namespace, "l2"),
+            l1_hits: Event::tiered(namespace, "l1"),
             misses: Event::new("cachette_requests_total", namespace, Some("miss")),
             loads: Event::new("cachette_loads_total", namespace, None),
             load_errors: Event::new("cachette_load_errors_total", namespace, None),
@@ -120,6 +133,9 @@ impl Recorder {
 
     pub(crate) fn hit(&self) {
         self.hits.add(1);
+    }
+    pub(crate) fn l1_hit(&self) {
+        self.l1_hits.add(1);
     }
     pub(crate) fn miss(&self) {
         self.misses.add(1);
@@ -151,7 +167,8 @@ impl Recorder {
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             namespace: self.namespace.clone(),
-            hits: self.hits.get(),
+            hits: self.hits.get() + self.l1_hits.get(),
+            l1_hits: self.l1_hits.get(),
             misses: self.misses.get(),
             loads: self.loads.get(),
             load_errors: self.load_errors.get(),
