@@ -115,8 +115,8 @@ enum Found<V> {
 /// A decoded store entry, with what L1 needs to copy it.
 struct Decoded<V> {
     found: Found<V>,
-    /// How long the store's entry stays fresh from now.
-    fresh_for: Duration,
+    /// When the store's entry stops being fresh (Unix ms).
+    fresh_until_ms: u64,
     /// Its encoded size.
     size: usize,
 }
@@ -169,7 +169,17 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// [`Error::Store`] when the store fails: a plain read cannot tell a miss
     /// from an outage on its own, so it says so. (Loads fail open instead.)
     pub async fn get(&self, key: &str) -> Result<Option<V>, Error> {
-        Ok(self.get_shared(key).await?.map(Arc::unwrap_or_clone))
+        let found = match self.l1_lookup(key, true)? {
+            Some(found) => found,
+            None => {
+                let skey = self.inner.keys.store_key(key)?;
+                self.read(&skey, true).await?
+            }
+        };
+        Ok(match found {
+            Found::Value(v) => Some(Arc::unwrap_or_clone(v)),
+            Found::Absent | Found::Nothing => None,
+        })
     }
 
     /// [`Cache::get`] without the copy: the value as the L1 tier holds it.
@@ -707,7 +717,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
             Found::Nothing => None,
         };
         if let Some(copy) = copy {
-            l1.fill(skey, ticket, copy, decoded.size, decoded.fresh_for);
+            let now = envelope::unix_ms(std::time::SystemTime::now());
+            let fresh_for = Duration::from_millis(decoded.fresh_until_ms.saturating_sub(now));
+            l1.fill(skey, ticket, copy, decoded.size, fresh_for);
         }
         match decoded.found {
             Found::Value(_) => self.inner.stats.hit(),
@@ -737,8 +749,6 @@ impl<V: Value, C: Codec> Cache<V, C> {
 
     fn decode_quiet(&self, bytes: &[u8]) -> Result<Decoded<V>, InvalidEntry> {
         let entry = envelope::decode(bytes)?;
-        let now = envelope::unix_ms(std::time::SystemTime::now());
-        let fresh_for = Duration::from_millis(entry.meta.fresh_until_ms.saturating_sub(now));
         let found = if entry.meta.is_negative() {
             Found::Absent
         } else {
@@ -750,7 +760,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         };
         Ok(Decoded {
             found,
-            fresh_for,
+            fresh_until_ms: entry.meta.fresh_until_ms,
             size: bytes.len(),
         })
     }
