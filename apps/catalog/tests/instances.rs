@@ -14,6 +14,13 @@ const PAIRS: usize = 10_000;
 const WORKERS: usize = 8;
 const PRODUCTS: i64 = 2_000;
 
+/// A SQLite URL in a temporary directory (kept while the guard lives).
+fn fresh_sqlite() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    (dir, db)
+}
+
 fn program() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_catalog"))
 }
@@ -43,8 +50,7 @@ fn serve_args(db: &str, redis: Option<&str>, products: i64) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_on_one_instance_is_read_on_the_other_with_zero_stale() {
     let redis = RedisServer::spawn();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let (_dir, db) = fresh_sqlite();
     let a = Instance::start(program(), &serve_args(&db, Some(&redis.url()), PRODUCTS))
         .await
         .unwrap();
@@ -122,8 +128,7 @@ async fn put_on_one_instance_is_read_on_the_other_with_zero_stale() {
 /// seeds, the other waits and uses its rows; neither fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_first_starts_on_one_empty_database_seed_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let (_dir, db) = fresh_sqlite();
     let (args_a, args_b) = (serve_args(&db, None, 3_000), serve_args(&db, None, 5_000));
     let (a, b) = tokio::join!(
         Instance::start(program(), &args_a),
@@ -170,8 +175,7 @@ async fn two_first_starts_on_one_empty_database_seed_once() {
 /// service's own series.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_prometheus_text() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let (_dir, db) = fresh_sqlite();
     let a = Instance::start(program(), &serve_args(&db, None, 1_000))
         .await
         .unwrap();

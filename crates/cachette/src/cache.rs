@@ -252,15 +252,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let skey = self.inner.keys.store_key(key)?;
         let bytes = self.encode(Some(value), ttl)?;
         self.inner.flights.void(&skey).await;
-        let size = bytes.len();
-        let written = self.write(&skey, bytes, ttl).await;
-        self.after_write(
-            &skey,
-            written.is_ok().then(|| Arc::new(value.clone())),
-            size,
-            ttl,
-        );
-        written
+        self.write_value(&skey, value, bytes, ttl).await
     }
 
     /// Stores every `(key, value)` pair for the namespace's TTL: one store
@@ -456,17 +448,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         self.inner.flights.void(&skey).await;
         let ttl = self.inner.ttl.jittered(self.inner.ttl_jitter);
         let written = match self.encode(Some(&value), ttl) {
-            Ok(bytes) => {
-                let size = bytes.len();
-                let written = self.write(&skey, bytes, ttl).await;
-                self.after_write(
-                    &skey,
-                    written.is_ok().then(|| Arc::new(value.clone())),
-                    size,
-                    ttl,
-                );
-                written
-            }
+            Ok(bytes) => self.write_value(&skey, &value, bytes, ttl).await,
             Err(e) => Err(e),
         };
         if let Err(err) = written {
@@ -765,15 +747,24 @@ impl<V: Value, C: Codec> Cache<V, C> {
         })
     }
 
-    /// After this instance wrote `key` to the store: its L1 copy becomes the
-    /// written value (`None`: the write failed, drop the copy).
-    fn after_write(&self, skey: &str, written: Option<Arc<V>>, size: usize, ttl: Ttl) {
+    /// Writes `value` (already encoded as `bytes`) to the store; the L1
+    /// copy becomes the written value, or is dropped if the write failed.
+    async fn write_value(
+        &self,
+        skey: &str,
+        value: &V,
+        bytes: Bytes,
+        ttl: Ttl,
+    ) -> Result<(), Error> {
+        let size = bytes.len();
+        let written = self.write(skey, bytes, ttl).await;
         if let Some(l1) = &self.inner.l1 {
-            match written {
-                Some(value) => l1.put(skey, Some(value), size, ttl.get()),
-                None => l1.invalidate(skey),
+            match &written {
+                Ok(()) => l1.put(skey, Some(Arc::new(value.clone())), size, ttl.get()),
+                Err(_) => l1.invalidate(skey),
             }
         }
+        written
     }
 
     fn encode(&self, value: Option<&V>, ttl: Ttl) -> Result<Bytes, Error> {

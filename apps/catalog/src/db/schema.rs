@@ -24,29 +24,26 @@ const INSERT_BATCH: i64 = 500;
 /// Any value; it only has to be the same in every catalog process.
 const SEED_LOCK_KEY: i64 = 0x0063_6174_616c_6f67;
 
-fn ddl(kind: DbKind) -> [&'static str; 4] {
+fn ddl(kind: DbKind) -> [String; 4] {
     // SQLite's INTEGER PRIMARY KEY is the rowid itself (no second index);
-    // PostgreSQL needs BIGINT for 64-bit ids.
-    match kind {
-        DbKind::Sqlite => [
-            "CREATE TABLE IF NOT EXISTS catalog_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS categories (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS products (id INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+    // PostgreSQL needs BIGINT for 64-bit ids. Everything else is shared.
+    let id = match kind {
+        DbKind::Sqlite => "INTEGER",
+        DbKind::Postgres => "BIGINT",
+    };
+    [
+        "CREATE TABLE IF NOT EXISTS catalog_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)"
+            .to_owned(),
+        format!("CREATE TABLE IF NOT EXISTS categories (id {id} PRIMARY KEY, name TEXT NOT NULL)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS products (id {id} PRIMARY KEY, name TEXT NOT NULL, \
              category_id BIGINT NOT NULL REFERENCES categories (id), price_cents BIGINT NOT NULL, \
-             description TEXT NOT NULL, updated_at_us BIGINT NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS products_by_category \
-             ON products (category_id, updated_at_us DESC, id)",
-        ],
-        DbKind::Postgres => [
-            "CREATE TABLE IF NOT EXISTS catalog_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS categories (id BIGINT PRIMARY KEY, name TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS products (id BIGINT PRIMARY KEY, name TEXT NOT NULL, \
-                 category_id BIGINT NOT NULL REFERENCES categories (id), price_cents BIGINT NOT NULL, \
-                 description TEXT NOT NULL, updated_at_us BIGINT NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS products_by_category \
-                 ON products (category_id, updated_at_us DESC, id)",
-        ],
-    }
+             description TEXT NOT NULL, updated_at_us BIGINT NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS products_by_category \
+         ON products (category_id, updated_at_us DESC, id)"
+            .to_owned(),
+    ]
 }
 
 pub(super) async fn prepare(
@@ -104,7 +101,7 @@ async fn create_and_seed(
     categories: i64,
 ) -> Result<Prepared, DbError> {
     for statement in ddl(kind) {
-        conn.execute(statement).await?;
+        conn.execute(statement.as_str()).await?;
     }
     let rows = sqlx::query("SELECT name, value FROM catalog_meta")
         .fetch_all(&mut **conn)
