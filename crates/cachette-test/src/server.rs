@@ -273,6 +273,22 @@ impl RedisServer {
         }
     }
 
+    /// Closes the client connection whose address (as the client sees its
+    /// own socket) is `addr`, as an operator's `CLIENT KILL ADDR` would.
+    /// Returns whether one was closed.
+    pub async fn kill_client(&self, addr: SocketAddr) -> bool {
+        let mut conn = self.connection().await;
+        let killed: redis::RedisResult<i64> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ADDR")
+            .arg(addr.to_string())
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut conn)
+            .await;
+        matches!(killed, Ok(n) if n > 0)
+    }
+
     /// Contents of the server's log file, including anything it wrote to
     /// stdout/stderr, across all starts. Empty if nothing was written yet.
     pub fn log(&self) -> String {

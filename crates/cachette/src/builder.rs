@@ -1,10 +1,11 @@
 //! `CacheBuilder`: every option of a namespace, checked once at `build()`.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::cache::{Cache, Inner, Value};
+use crate::backplane::{Backplane, Listener};
+use crate::cache::{Cache, Coherence, Inner, Value};
 use crate::codec::Codec;
 use crate::flight::Flights;
 use crate::key::{DEFAULT_MAX_KEY_BYTES, KeySpace};
@@ -38,6 +39,8 @@ pub struct CacheBuilder<V, C> {
     l1_max_bytes: Option<u64>,
     l1_ttl: Duration,
     l1_max_entry_bytes: usize,
+    backplane: Option<Backplane>,
+    read_your_writes: bool,
     codec: C,
     _value: PhantomData<fn() -> V>,
 }
@@ -57,6 +60,8 @@ impl<V: Value, C: Codec + Default> CacheBuilder<V, C> {
             l1_max_bytes: None,
             l1_ttl: DEFAULT_L1_TTL,
             l1_max_entry_bytes: DEFAULT_L1_MAX_ENTRY_BYTES,
+            backplane: None,
+            read_your_writes: false,
             codec: C::default(),
             _value: PhantomData,
         }
@@ -147,6 +152,28 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
         self
     }
 
+    /// Keeps L1 tiers coherent across instances: this cache announces its
+    /// writes on `backplane`, and drops its L1 copies when other instances
+    /// announce theirs. Give it to every instance's cache of a namespace
+    /// over a shared Redis, including caches without L1 (their writes must
+    /// reach the others' copies). See [`Backplane`].
+    pub fn backplane(mut self, backplane: Backplane) -> Self {
+        self.backplane = Some(backplane);
+        self
+    }
+
+    /// Read-your-writes across instances (needs a backplane): a write,
+    /// delete or clear returns only once every live instance has dropped
+    /// its copy, or a silent one's lease has run out; and L1 serves only
+    /// while this instance hears the backplane. Once a write returns, no
+    /// instance serves the value it replaced. Costs one Pub/Sub round trip
+    /// per write (up to one lease while an instance is silent). By default
+    /// off: writes reach other instances about one round trip later.
+    pub fn read_your_writes(mut self) -> Self {
+        self.read_your_writes = true;
+        self
+    }
+
     /// The store. Stores are cheap handles: pass clones of one store to
     /// every namespace that should share it. By default, a private
     /// [`EmbeddedStore`] of 64 MiB.
@@ -175,6 +202,8 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             l1_max_bytes: self.l1_max_bytes,
             l1_ttl: self.l1_ttl,
             l1_max_entry_bytes: self.l1_max_entry_bytes,
+            backplane: self.backplane,
+            read_your_writes: self.read_your_writes,
             codec,
             _value: PhantomData,
         }
@@ -246,19 +275,44 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
                 }))
             }
         };
-        Ok(Cache::from_inner(Inner {
-            stats: Recorder::new(&self.namespace),
-            namespace: self.namespace,
-            keys,
-            store,
-            codec: self.codec,
-            ttl,
-            ttl_jitter: self.ttl_jitter,
-            negative_ttl,
-            max_value_bytes: self.max_value_bytes,
-            flights: Flights::default(),
-            l1,
-            _value: PhantomData,
-        }))
+        if self.read_your_writes && self.backplane.is_none() {
+            return Err(BuildError::OutOfRange {
+                what: "read_your_writes",
+                reason: "needs a backplane to reach the other instances".into(),
+            });
+        }
+        let (backplane, read_your_writes) = (self.backplane, self.read_your_writes);
+        let has_l1 = l1.is_some();
+        let inner = Arc::new_cyclic(|me: &Weak<Inner<V, C>>| {
+            let coherence = backplane.map(|backplane| {
+                let me: Weak<dyn Listener> = me.clone();
+                let id = if has_l1 {
+                    backplane.register(keys.head(), me)
+                } else {
+                    0
+                };
+                Coherence {
+                    backplane,
+                    id,
+                    read_your_writes,
+                }
+            });
+            Inner {
+                stats: Recorder::new(&self.namespace),
+                namespace: self.namespace,
+                keys,
+                store,
+                codec: self.codec,
+                ttl,
+                ttl_jitter: self.ttl_jitter,
+                negative_ttl,
+                max_value_bytes: self.max_value_bytes,
+                flights: Flights::default(),
+                l1,
+                coherence,
+                _value: PhantomData,
+            }
+        });
+        Ok(Cache::from_inner(inner))
     }
 }

@@ -20,6 +20,7 @@ use futures_util::future::Either;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::backplane::{Backplane, Change, Listener};
 use crate::builder::CacheBuilder;
 use crate::codec::{Codec, Json};
 use crate::envelope::{self, InvalidEntry, Meta, flags};
@@ -72,7 +73,42 @@ pub(crate) struct Inner<V, C> {
     pub(crate) flights: Flights<Arc<V>>,
     /// The in-process tier, when configured.
     pub(crate) l1: Option<L1<V>>,
+    /// The backplane, when configured.
+    pub(crate) coherence: Option<Coherence>,
     pub(crate) _value: PhantomData<fn() -> V>,
+}
+
+/// How a cache takes part in the backplane.
+#[derive(Debug)]
+pub(crate) struct Coherence {
+    pub(crate) backplane: Backplane,
+    /// This cache's id in the backplane's registry (0: not registered,
+    /// since it has no L1).
+    pub(crate) id: u64,
+    /// Writes wait for every instance; L1 serves only under the lease.
+    pub(crate) read_your_writes: bool,
+}
+
+impl<V: Value, C: Codec> Listener for Inner<V, C> {
+    fn drop_key(&self, store_key: &str) {
+        if let Some(l1) = &self.l1 {
+            l1.invalidate(store_key);
+        }
+        self.stats.invalidation_received();
+    }
+
+    fn drop_namespace(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.invalidate_all();
+        }
+        self.stats.invalidation_received();
+    }
+
+    fn flush(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.invalidate_all();
+        }
+    }
 }
 
 impl<V, C> Clone for Cache<V, C> {
@@ -95,6 +131,8 @@ impl<V, C: fmt::Debug> fmt::Debug for Cache<V, C> {
             .field("ttl_jitter", &i.ttl_jitter)
             .field("negative_ttl", &i.negative_ttl)
             .field("max_value_bytes", &i.max_value_bytes)
+            .field("l1", &i.l1.is_some())
+            .field("coherence", &i.coherence)
             .finish()
     }
 }
@@ -130,10 +168,8 @@ impl<V: Value> Cache<V, Json> {
 }
 
 impl<V: Value, C: Codec> Cache<V, C> {
-    pub(crate) fn from_inner(inner: Inner<V, C>) -> Self {
-        Cache {
-            inner: Arc::new(inner),
-        }
+    pub(crate) fn from_inner(inner: Arc<Inner<V, C>>) -> Self {
+        Cache { inner }
     }
 
     /// The namespace.
@@ -280,6 +316,14 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 l1.invalidate(&entry.key);
             }
         }
+        // Acknowledgements are cumulative: confirming the last covers all.
+        let last = batch.len().saturating_sub(1);
+        for (i, entry) in batch.iter().enumerate() {
+            let announced = self.announce(Change::Key(&entry.key), i == last).await;
+            if written.is_ok() {
+                announced?;
+            }
+        }
         written
     }
 
@@ -295,7 +339,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
         if let Some(l1) = &self.inner.l1 {
             l1.invalidate(&skey);
         }
-        deleted
+        let announced = self.announce(Change::Key(&skey), true).await;
+        let deleted = deleted?;
+        announced.map(|()| deleted)
     }
 
     /// Cache-aside: the cached value of `key`, or the loader's, which is then
@@ -460,6 +506,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 self.inner.stats.store_error(&e);
                 tracing::error!(namespace = %self.inner.namespace, error = %e, "could not delete the entry either; the old value may be served until its TTL");
             }
+            // Other instances may have copied the old value back from the
+            // store before the delete.
+            self.announce(Change::Key(&skey), true).await?;
         }
         Ok(value)
     }
@@ -600,10 +649,15 @@ impl<V: Value, C: Codec> Cache<V, C> {
                         .fill_unless_voided(async {
                             // Failures are counted and logged in `write`; the
                             // loaded value is served regardless.
-                            if self.write(skey, bytes, fill_ttl).await.is_ok()
-                                && let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket)
-                            {
-                                l1.fill(skey, ticket, value.clone(), size, fill_ttl.get());
+                            if self.write(skey, bytes, fill_ttl).await.is_ok() {
+                                if let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket) {
+                                    let fresh_for = self.l1_fresh_for(fill_ttl.get());
+                                    l1.fill(skey, ticket, value.clone(), size, fresh_for);
+                                }
+                                // Another instance may hold a copy from
+                                // before the entry left the store (evicted,
+                                // deleted by hand); never waited for.
+                                let _ = self.announce(Change::Key(skey), false).await;
                             }
                         })
                         .await;
@@ -644,6 +698,14 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let Some(l1) = &self.inner.l1 else {
             return Ok(None);
         };
+        if let Some(c) = &self.inner.coherence
+            && c.read_your_writes
+            && !c.backplane.health().lease_valid()
+        {
+            // Not hearing the backplane: a copy here may have missed an
+            // invalidation whose writer has already returned.
+            return Ok(None);
+        }
         let slot = KEY_BUF.with_borrow_mut(|buf| {
             buf.clear();
             self.inner
@@ -701,7 +763,13 @@ impl<V: Value, C: Codec> Cache<V, C> {
         if let Some(copy) = copy {
             let now = envelope::unix_ms(std::time::SystemTime::now());
             let fresh_for = Duration::from_millis(decoded.fresh_until_ms.saturating_sub(now));
-            l1.fill(skey, ticket, copy, decoded.size, fresh_for);
+            l1.fill(
+                skey,
+                ticket,
+                copy,
+                decoded.size,
+                self.l1_fresh_for(fresh_for),
+            );
         }
         match decoded.found {
             Found::Value(_) => self.inner.stats.hit(),
@@ -760,11 +828,47 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let written = self.write(skey, bytes, ttl).await;
         if let Some(l1) = &self.inner.l1 {
             match &written {
-                Ok(()) => l1.put(skey, Some(Arc::new(value.clone())), size, ttl.get()),
+                Ok(()) => {
+                    let fresh_for = self.l1_fresh_for(ttl.get());
+                    l1.put(skey, Some(Arc::new(value.clone())), size, fresh_for);
+                }
                 Err(_) => l1.invalidate(skey),
             }
         }
-        written
+        // Announced even after a failed write: the store may have taken it.
+        let announced = self.announce(Change::Key(skey), true).await;
+        written?;
+        announced
+    }
+
+    /// How long an L1 copy of an entry fresh for `fresh_for` may live: while
+    /// the backplane is down, at most one lease (it could miss an
+    /// invalidation).
+    fn l1_fresh_for(&self, fresh_for: Duration) -> Duration {
+        match &self.inner.coherence {
+            Some(c) if !c.backplane.health().is_healthy() => {
+                fresh_for.min(c.backplane.health().lease)
+            }
+            _ => fresh_for,
+        }
+    }
+
+    /// Tells the other instances (and other caches of this namespace in
+    /// this process) to drop their copies. In read-your-writes mode, and
+    /// when `wait` is set, returns only once they have (see
+    /// [`Backplane`]).
+    async fn announce(&self, change: Change<'_>, wait: bool) -> Result<(), Error> {
+        let Some(c) = &self.inner.coherence else {
+            return Ok(());
+        };
+        self.inner.stats.invalidation_sent();
+        match c
+            .backplane
+            .announce(change, c.id, wait && c.read_your_writes)
+        {
+            Some(pending) => c.backplane.confirm(pending, &self.inner.namespace).await,
+            None => Ok(()),
+        }
     }
 
     fn encode(&self, value: Option<&V>, ttl: Ttl) -> Result<Bytes, Error> {
@@ -792,12 +896,19 @@ impl<V: Value, C: Codec> Cache<V, C> {
         self.inner.l1.as_ref().map(L1::usage)
     }
 
-    /// Drops every L1 copy of this namespace in this process (the store is
-    /// untouched). Fills in progress are kept out too.
-    pub fn clear_l1(&self) {
+    /// Drops every L1 copy of this namespace (the store is untouched): in
+    /// this process, and with a backplane in every instance. Fills in
+    /// progress are kept out too.
+    ///
+    /// # Errors
+    /// [`Error::Backplane`] in read-your-writes mode when the clear could
+    /// not be confirmed.
+    pub async fn clear_l1(&self) -> Result<(), Error> {
         if let Some(l1) = &self.inner.l1 {
             l1.invalidate_all();
         }
+        self.announce(Change::Namespace(self.inner.keys.head()), true)
+            .await
     }
 
     /// Loads in flight in this process now.

@@ -82,6 +82,17 @@ pub enum Error {
         /// The namespace of the cache.
         namespace: String,
     },
+    /// A read-your-writes write is stored, but the backplane could not
+    /// confirm that other instances dropped their copies (see
+    /// [`Backplane`](crate::backplane::Backplane)).
+    #[error("backplane: {reason}")]
+    Backplane {
+        /// What could not be confirmed.
+        reason: String,
+    },
+    /// Settings out of range (from a builder or a connect call).
+    #[error(transparent)]
+    Build(#[from] BuildError),
     /// The source of truth refused a write-through; the cache was not touched.
     #[error("write to the source failed for namespace `{namespace}`; the cache was not touched")]
     Write {

@@ -71,6 +71,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backplane;
 mod builder;
 mod cache;
 mod codec;
@@ -85,6 +86,7 @@ mod ttl;
 pub mod envelope;
 pub mod store;
 
+pub use crate::backplane::{Backplane, BackplaneConfig, BackplaneStats};
 pub use crate::builder::{
     CacheBuilder, DEFAULT_L1_MAX_ENTRY_BYTES, DEFAULT_L1_TTL, DEFAULT_MAX_VALUE_BYTES,
 };

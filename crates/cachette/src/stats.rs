@@ -10,6 +10,7 @@
 //! | metric | labels |
 //! |---|---|
 //! | `cachette_requests_total` | `namespace`, `result` = `hit` (with `tier` = `l1` / `l2`) / `miss` |
+//! | `cachette_invalidations_total` | `namespace`, `direction` = `sent` / `received` (backplane) |
 //! | `cachette_loads_total` | `namespace` |
 //! | `cachette_load_errors_total` | `namespace` |
 //! | `cachette_invalid_entries_total` | `namespace` |
@@ -48,6 +49,12 @@ pub struct Stats {
     pub invalid_entries: u64,
     /// Store calls that failed or timed out.
     pub store_errors: u64,
+    /// Changes announced to other instances' L1 tiers (writes, deletes,
+    /// fills, clears), with a backplane.
+    pub invalidations_sent: u64,
+    /// Announcements from other instances (or other caches of this
+    /// namespace in this process) that dropped L1 copies here.
+    pub invalidations_received: u64,
 }
 
 impl Stats {
@@ -81,6 +88,13 @@ impl Event {
             metric,
         }
     }
+    /// `cachette_invalidations_total{namespace, direction}`.
+    fn invalidations(namespace: &str, direction: &'static str) -> Event {
+        Event {
+            count: AtomicU64::new(0),
+            metric: metrics::counter!("cachette_invalidations_total", "namespace" => namespace.to_owned(), "direction" => direction),
+        }
+    }
     /// `cachette_requests_total{namespace, result="hit", tier}`.
     fn tiered(namespace: &str, tier: &'static str) -> Event {
         Event {
@@ -109,6 +123,8 @@ pub(crate) struct Recorder {
     load_errors: Event,
     invalid_entries: Event,
     store_errors: Event,
+    invalidations_sent: Event,
+    invalidations_received: Event,
     load_duration: Histogram,
     /// False after a store error until the next success, so an outage is
     /// logged once when it starts and once when it ends, not per call.
@@ -126,6 +142,8 @@ impl Recorder {
             load_errors: Event::new("cachette_load_errors_total", namespace, None),
             invalid_entries: Event::new("cachette_invalid_entries_total", namespace, None),
             store_errors: Event::new("cachette_store_errors_total", namespace, None),
+            invalidations_sent: Event::invalidations(namespace, "sent"),
+            invalidations_received: Event::invalidations(namespace, "received"),
             load_duration: metrics::histogram!("cachette_load_duration_seconds", "namespace" => namespace.to_owned()),
             store_healthy: AtomicBool::new(true),
         }
@@ -143,6 +161,12 @@ impl Recorder {
     pub(crate) fn load(&self, took: Duration) {
         self.loads.add(1);
         self.load_duration.record(took.as_secs_f64());
+    }
+    pub(crate) fn invalidation_sent(&self) {
+        self.invalidations_sent.add(1);
+    }
+    pub(crate) fn invalidation_received(&self) {
+        self.invalidations_received.add(1);
     }
     pub(crate) fn load_error(&self) {
         self.load_errors.add(1);
@@ -174,6 +198,8 @@ impl Recorder {
             load_errors: self.load_errors.get(),
             invalid_entries: self.invalid_entries.get(),
             store_errors: self.store_errors.get(),
+            invalidations_sent: self.invalidations_sent.get(),
+            invalidations_received: self.invalidations_received.get(),
         }
     }
 }

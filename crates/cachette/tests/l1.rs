@@ -199,7 +199,7 @@ async fn clearing_l1_reads_the_store_again(f: Fixture) {
     c.set("a", &"one".to_owned()).await.unwrap();
     c.get("a").await.unwrap();
     let reads = store.reads.load(SeqCst);
-    c.clear_l1();
+    c.clear_l1().await.unwrap();
     assert_eq!(c.get("a").await.unwrap().as_deref(), Some("one"));
     assert_eq!(store.reads.load(SeqCst), reads + 1);
 }

@@ -30,6 +30,7 @@ mod embedded;
 mod redis;
 
 pub use self::embedded::EmbeddedStore;
+pub(crate) use self::redis::classify;
 pub use self::redis::{RedisConfig, RedisStore};
 
 /// One entry of a batched write.

@@ -139,6 +139,49 @@ impl RedisConfig {
     }
 }
 
+impl RedisConfig {
+    pub(crate) fn client(&self) -> Result<Client, StoreError> {
+        Client::open(self.info.clone()).map_err(classify_with(self))
+    }
+
+    pub(crate) fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+
+    pub(crate) fn connect_timeout_value(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub(crate) fn command_timeout_value(&self) -> Duration {
+        self.command_timeout
+    }
+
+    /// A multiplexed, self-reconnecting connection with this configuration's
+    /// timeouts, waiting at most the connect timeout.
+    pub(crate) async fn connection_manager(&self) -> Result<ConnectionManager, StoreError> {
+        let client = self.client()?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            // Few, quick reconnect attempts: a cache call should fail fast
+            // and fall back to its loader rather than queue behind a long
+            // backoff; the next call starts a new reconnect anyway.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        tokio::time::timeout(
+            self.connect_timeout,
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout {
+            store: StoreKind::Redis,
+            after: self.connect_timeout,
+        })?
+        .map_err(classify_with(self))
+    }
+}
+
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (host, port, tls) = match self.info.addr() {
@@ -183,26 +226,7 @@ impl RedisStore {
     /// [`StoreError`] when Redis cannot be reached or refuses the handshake
     /// (a wrong password, say).
     pub async fn connect(config: RedisConfig) -> Result<RedisStore, StoreError> {
-        let client = Client::open(config.info.clone()).map_err(classify_with(&config))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            // Few, quick reconnect attempts: a cache call should fail fast
-            // and fall back to its loader rather than queue behind a long
-            // backoff; the next call starts a new reconnect anyway.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(200));
-        let conn = tokio::time::timeout(
-            config.connect_timeout,
-            client.get_connection_manager_with_config(manager_config),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout {
-            store: StoreKind::Redis,
-            after: config.connect_timeout,
-        })?
-        .map_err(classify_with(&config))?;
+        let conn = config.connection_manager().await?;
         Ok(RedisStore {
             conn,
             config: Arc::new(config),
@@ -252,7 +276,7 @@ fn classify_with(config: &RedisConfig) -> impl Fn(RedisError) -> StoreError + '_
     move |err| classify(err, config.connect_timeout)
 }
 
-fn classify(err: RedisError, timeout: Duration) -> StoreError {
+pub(crate) fn classify(err: RedisError, timeout: Duration) -> StoreError {
     if err.is_timeout() {
         StoreError::Timeout {
             store: StoreKind::Redis,

@@ -1,0 +1,248 @@
+//! The listening side: a dedicated subscriber connection (the shared
+//! command connection cannot carry a subscription, and its 500 ms response
+//! timeout must not apply to a connection that waits by design).
+//!
+//! Messages are applied in the order Redis delivered them. After each batch
+//! the acknowledgements asked for go out (one per sender, covering the
+//! batch) and waiting writers are woken.
+//!
+//! The connection is considered lost when it closes (a killed client, a
+//! restarted server) or goes deaf: this instance's own heartbeat did not
+//! come back within its lease (a half-open socket, a hung server). Either
+//! way every L1 copy is flushed and, until the next own heartbeat comes
+//! back on a new subscription, copies live at most one lease; then the
+//! copies are flushed once more, since messages published in between were
+//! never delivered. Each transition is logged once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use redis::ConnectionAddr;
+use redis::aio::{PubSub, PubSubStream};
+use tokio::sync::{oneshot, watch};
+
+use super::Shared;
+use super::publisher::Outgoing;
+use super::wire::{Body, Message, head_of};
+use crate::store::{StoreError, StoreKind, classify};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Messages applied before acknowledging and waking writers.
+const BATCH: usize = 1024;
+
+/// Why a subscription ended.
+#[derive(Debug, Clone, Copy)]
+enum Lost {
+    Closed,
+    Deaf,
+}
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    first: oneshot::Sender<Result<(), StoreError>>,
+) {
+    let mut first = Some(first);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.changed() => return,
+            connected = subscribe(&shared) => connected,
+        };
+        match connected {
+            Ok((stream, local_addr)) => {
+                backoff = MIN_BACKOFF;
+                shared.subscribed(local_addr);
+                if let Some(first) = first.take() {
+                    let _ = first.send(Ok(()));
+                }
+                let Some(lost) = listen(&shared, stream, &mut shutdown).await else {
+                    return;
+                };
+                shared.lost_subscription(lost);
+            }
+            Err(err) => {
+                if let Some(first) = first.take() {
+                    let _ = first.send(Err(err));
+                    return;
+                }
+                shared
+                    .counters
+                    .connect_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %err, "cachette backplane reconnect failed");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Opens a subscriber connection and subscribes to the broadcast channel
+/// and this instance's acknowledgement channel.
+async fn subscribe(shared: &Shared) -> Result<(PubSubStream, Option<SocketAddr>), StoreError> {
+    let timeout = shared.redis.connect_timeout_value();
+    let redis_err = |e| classify(e, timeout);
+    let attempt = async {
+        let (mut pubsub, local_addr) = match shared.redis.info().addr() {
+            // Plain TCP: our own socket, so NODELAY is set and its local
+            // address is known (it names this connection in CLIENT LIST).
+            ConnectionAddr::Tcp(host, port) => {
+                let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| StoreError::Unavailable {
+                        store: StoreKind::Redis,
+                        source: Box::new(e),
+                    })?;
+                let _ = stream.set_nodelay(true);
+                let local_addr = stream.local_addr().ok();
+                let pubsub = PubSub::new(shared.redis.info().redis_settings(), stream)
+                    .await
+                    .map_err(redis_err)?;
+                (pubsub, local_addr)
+            }
+            _ => {
+                let client = shared.redis.client()?;
+                (client.get_async_pubsub().await.map_err(redis_err)?, None)
+            }
+        };
+        pubsub
+            .subscribe(&[shared.channel.as_str(), shared.ack_channel.as_str()])
+            .await
+            .map_err(redis_err)?;
+        Ok((pubsub.into_on_message(), local_addr))
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| StoreError::Timeout {
+            store: StoreKind::Redis,
+            after: timeout,
+        })?
+}
+
+/// Applies messages until the subscription is lost (`None` on shutdown).
+async fn listen(
+    shared: &Shared,
+    mut stream: PubSubStream,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Lost> {
+    let connected_at = Instant::now();
+    let lease = shared.config.lease;
+    let mut acks: HashMap<u64, u64> = HashMap::new();
+    loop {
+        let deaf_at = shared
+            .health
+            .lease_until()
+            .map_or(connected_at + lease, |until| {
+                until.max(connected_at + lease)
+            });
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return None,
+            next = stream.next() => next,
+            () = tokio::time::sleep_until(deaf_at.into()) => return Some(Lost::Deaf),
+        };
+        let Some(msg) = next else {
+            return Some(Lost::Closed);
+        };
+        shared.apply(msg.get_payload_bytes(), &mut acks);
+        let mut closed = false;
+        for _ in 1..BATCH {
+            match stream.next().now_or_never() {
+                Some(Some(msg)) => shared.apply(msg.get_payload_bytes(), &mut acks),
+                Some(None) => {
+                    closed = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        for (to, upto) in acks.drain() {
+            shared.enqueue(Outgoing::Ack { to, upto });
+        }
+        shared.fleet.changed();
+        if closed {
+            return Some(Lost::Closed);
+        }
+    }
+}
+
+impl Shared {
+    /// Applies one message.
+    fn apply(&self, payload: &[u8], acks: &mut HashMap<u64, u64>) {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let Some(message) = Message::parse(payload) else {
+            self.counters.unreadable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if message.sender == self.id {
+            match message.body {
+                Body::Heartbeat { sent_ns, .. } => {
+                    if self.health.renew(sent_ns) {
+                        tracing::info!(
+                            "cachette backplane healthy: invalidations flow, L1 copies live their full TTL"
+                        );
+                    }
+                    self.fleet.own_applied(message.seq);
+                }
+                Body::Ack => {}
+                _ => self.fleet.own_applied(message.seq),
+            }
+            return;
+        }
+        match message.body {
+            Body::Key(store_key) => {
+                if let Some(head) = head_of(store_key) {
+                    self.registry
+                        .each(head, None, |listener| listener.drop_key(store_key));
+                }
+            }
+            Body::Namespace(head) => self.registry.each(head, None, |l| l.drop_namespace()),
+            Body::FlushAll => self.registry.all(|l| l.flush()),
+            Body::Heartbeat { lease, .. } => self.fleet.heard(message.sender, lease),
+            Body::Ack => self.fleet.acked(message.sender, message.seq),
+        }
+        if message.ack_wanted {
+            let upto = acks.entry(message.sender).or_insert(0);
+            *upto = (*upto).max(message.seq);
+        }
+    }
+
+    fn subscribed(&self, local_addr: Option<SocketAddr>) {
+        *self
+            .local_addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = local_addr;
+        // Messages published while we were not subscribed are lost: drop
+        // every copy that could have missed one.
+        self.registry.all(|l| l.flush());
+        let reconnects = self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
+        if reconnects > 0 {
+            tracing::info!("cachette backplane subscribed again; L1 flushed");
+        }
+    }
+
+    fn lost_subscription(&self, lost: Lost) {
+        // Unhealthy first, then flush: a fill that checks health after the
+        // flush sees the short cap; one that checked before is refused by
+        // the flush.
+        let was_healthy = self.health.revoke();
+        self.registry.all(|l| l.flush());
+        self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+        if was_healthy {
+            let why = match lost {
+                Lost::Closed => "connection closed",
+                Lost::Deaf => "own heartbeat not heard within the lease",
+            };
+            tracing::warn!(reason = why, cap = ?self.config.lease, "cachette backplane lost: L1 flushed, copies capped until it is back");
+        }
+    }
+}
