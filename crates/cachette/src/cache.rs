@@ -825,12 +825,13 @@ impl<V: Value, C: Codec> Cache<V, C> {
         ttl: Ttl,
     ) -> Result<(), Error> {
         let size = bytes.len();
+        let ticket = self.inner.l1.as_ref().map(|l1| l1.ticket(skey));
         let written = self.write(skey, bytes, ttl).await;
-        if let Some(l1) = &self.inner.l1 {
+        if let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket) {
             match &written {
                 Ok(()) => {
                     let fresh_for = self.l1_fresh_for(ttl.get());
-                    l1.put(skey, Some(Arc::new(value.clone())), size, fresh_for);
+                    l1.put(skey, ticket, Some(Arc::new(value.clone())), size, fresh_for);
                 }
                 Err(_) => l1.invalidate(skey),
             }
@@ -909,6 +910,20 @@ impl<V: Value, C: Codec> Cache<V, C> {
         }
         self.announce(Change::Namespace(self.inner.keys.head()), true)
             .await
+    }
+
+    /// What this process's L1 tier holds for `key`, without counting a
+    /// read or touching the store: `Some(None)` is a cached "not found".
+    /// For diagnostics and audits.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] for an empty key.
+    pub fn l1_peek(&self, key: &str) -> Result<Option<Option<Arc<V>>>, Error> {
+        let Some(l1) = &self.inner.l1 else {
+            return Ok(None);
+        };
+        let skey = self.inner.keys.store_key(key)?;
+        Ok(l1.get(&skey).map(|slot| slot.value))
     }
 
     /// Loads in flight in this process now.

@@ -179,14 +179,25 @@ impl<V: Send + Sync + 'static> L1<V> {
     }
 
     /// This instance wrote `value` to the store: replaces the copy, and
-    /// voids fills that read the store before the write.
-    pub(crate) fn put(&self, key: &str, value: Option<Arc<V>>, size: usize, fresh_for: Duration) {
+    /// voids fills that read the store before the write. `ticket` is taken
+    /// before the write: if an invalidation came in since (another
+    /// instance's later write, announced before this one's reply arrived),
+    /// the copy is dropped instead, since this value may be the older one.
+    pub(crate) fn put(
+        &self,
+        key: &str,
+        ticket: Ticket,
+        value: Option<Arc<V>>,
+        size: usize,
+        fresh_for: Duration,
+    ) {
         let slot = self.slot(value, size, fresh_for);
-        let mut seq = self.lock(self.stripe_of(key));
+        let mut seq = self.lock(ticket.stripe);
+        let undisturbed = *seq == ticket.seq && self.epoch.load(Ordering::SeqCst) == ticket.epoch;
         *seq += 1;
         match slot {
-            Some(slot) => self.entries.insert(key.to_owned(), slot),
-            None => self.entries.invalidate(key),
+            Some(slot) if undisturbed => self.entries.insert(key.to_owned(), slot),
+            _ => self.entries.invalidate(key),
         }
     }
 
@@ -267,7 +278,7 @@ mod tests {
     fn a_fill_after_a_put_or_a_flush_is_refused() {
         let l1 = l1();
         let ticket = l1.ticket("k");
-        l1.put("k", v("written"), 7, Duration::from_secs(5));
+        l1.put("k", l1.ticket("k"), v("written"), 7, Duration::from_secs(5));
         assert!(!l1.fill("k", ticket, v("old"), 3, Duration::from_secs(5)));
         assert_eq!(
             l1.get("k")
@@ -280,6 +291,21 @@ mod tests {
         l1.invalidate_all();
         assert!(!l1.fill("other", ticket, v("old"), 3, Duration::from_secs(5)));
         assert!(l1.get("k").is_none());
+    }
+
+    #[test]
+    fn a_put_after_an_invalidation_drops_the_copy() {
+        let l1 = l1();
+        let t = l1.ticket("k");
+        assert!(l1.fill("k", t, v("old"), 3, Duration::from_secs(5)));
+        // Our write is on its way to the store; another instance's later
+        // write is announced before our reply arrives.
+        let before_write = l1.ticket("k");
+        l1.invalidate("k");
+        l1.put("k", before_write, v("ours"), 4, Duration::from_secs(5));
+        assert!(l1.get("k").is_none(), "ours may be the older value");
+        l1.put("k", l1.ticket("k"), v("ours"), 4, Duration::from_secs(5));
+        assert!(l1.get("k").is_some());
     }
 
     #[test]

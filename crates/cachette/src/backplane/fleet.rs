@@ -104,6 +104,24 @@ impl Fleet {
             .count()
     }
 
+    /// Waits until our own message `seq` came back, or `until`; true if it did.
+    pub(crate) async fn own_echo(&self, seq: u64, until: Instant) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state().own_applied >= seq {
+                return true;
+            }
+            if tokio::time::timeout_at(until.into(), notified)
+                .await
+                .is_err()
+            {
+                return self.state().own_applied >= seq;
+            }
+        }
+    }
+
     /// Waits until message `seq`, published at `published_at`, is applied
     /// by every live instance or their leases ran out (see the module docs).
     pub(crate) async fn confirm(

@@ -394,6 +394,34 @@ impl Backplane {
         }
     }
 
+    /// Waits until every announcement this instance queued so far is
+    /// published, and every message that reached Redis before that has been
+    /// applied here. After each instance of a quiet fleet has synced, all
+    /// of them have applied each other's announcements.
+    ///
+    /// # Errors
+    /// [`Error::Backplane`] when that did not happen within one lease plus
+    /// the Redis command timeout.
+    pub async fn sync(&self) -> Result<(), Error> {
+        let s = self.shared();
+        let limit = s.config.lease + s.redis.command_timeout_value();
+        let until = std::time::Instant::now() + limit;
+        let (reply, published) = oneshot::channel();
+        s.enqueue(Outgoing::Marker { reply });
+        let fail = || Error::Backplane {
+            reason: format!("could not sync with the backplane within {limit:?}"),
+        };
+        let published = match tokio::time::timeout(limit, published).await {
+            Ok(Ok(published)) => published,
+            Ok(Err(_)) | Err(_) => return Err(fail()),
+        };
+        if s.fleet.own_echo(published.seq, until).await {
+            Ok(())
+        } else {
+            Err(fail())
+        }
+    }
+
     pub(crate) fn health(&self) -> &Health {
         &self.shared().health
     }

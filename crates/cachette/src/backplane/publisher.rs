@@ -46,6 +46,9 @@ pub(crate) enum Outgoing {
     },
     /// We applied `to`'s messages up to `upto`.
     Ack { to: u64, upto: u64 },
+    /// A heartbeat out of turn, whose echo tells the caller that every
+    /// message published before it has been applied here.
+    Marker { reply: oneshot::Sender<Published> },
 }
 
 pub(crate) async fn run(
@@ -93,6 +96,15 @@ pub(crate) async fn run(
                         &shared.channel,
                         shared.message(seq, ack_wanted, Body::Namespace(&head)),
                     )
+                }
+                Outgoing::Marker { reply } => {
+                    seq += 1;
+                    replies.push((reply, seq));
+                    let body = Body::Heartbeat {
+                        lease: shared.config.lease,
+                        sent_ns: shared.health.now_ns(),
+                    };
+                    (&shared.channel, shared.message(seq, false, body))
                 }
                 Outgoing::Ack { to, upto } => {
                     pipe.cmd("PUBLISH")

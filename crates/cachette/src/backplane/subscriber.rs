@@ -14,7 +14,7 @@
 //! copies are flushed once more, since messages published in between were
 //! never delivered. Each transition is logged once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -137,6 +137,13 @@ async fn listen(
     let connected_at = Instant::now();
     let lease = shared.config.lease;
     let mut acks: HashMap<u64, u64> = HashMap::new();
+    // Senders heard since this subscription began. The first message from
+    // each is acknowledged even unasked: messages of that sender before it
+    // were either applied or published before this subscription, and then
+    // covered by the flush that started it. So a writer that waits on a
+    // message this instance missed while reconnecting is released by its
+    // next heartbeat instead of waiting out the lease.
+    let mut heard: HashSet<u64> = HashSet::new();
     loop {
         let deaf_at = shared
             .health
@@ -153,11 +160,11 @@ async fn listen(
         let Some(msg) = next else {
             return Some(Lost::Closed);
         };
-        shared.apply(msg.get_payload_bytes(), &mut acks);
+        shared.apply(msg.get_payload_bytes(), &mut acks, &mut heard);
         let mut closed = false;
         for _ in 1..BATCH {
             match stream.next().now_or_never() {
-                Some(Some(msg)) => shared.apply(msg.get_payload_bytes(), &mut acks),
+                Some(Some(msg)) => shared.apply(msg.get_payload_bytes(), &mut acks, &mut heard),
                 Some(None) => {
                     closed = true;
                     break;
@@ -177,7 +184,7 @@ async fn listen(
 
 impl Shared {
     /// Applies one message.
-    fn apply(&self, payload: &[u8], acks: &mut HashMap<u64, u64>) {
+    fn apply(&self, payload: &[u8], acks: &mut HashMap<u64, u64>, heard: &mut HashSet<u64>) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         let Some(message) = Message::parse(payload) else {
             self.counters.unreadable.fetch_add(1, Ordering::Relaxed);
@@ -210,7 +217,8 @@ impl Shared {
             Body::Heartbeat { lease, .. } => self.fleet.heard(message.sender, lease),
             Body::Ack => self.fleet.acked(message.sender, message.seq),
         }
-        if message.ack_wanted {
+        let first_heard = !matches!(message.body, Body::Ack) && heard.insert(message.sender);
+        if message.ack_wanted || first_heard {
             let upto = acks.entry(message.sender).or_insert(0);
             *upto = (*upto).max(message.seq);
         }
