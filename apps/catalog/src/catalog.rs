@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cachette::store::Store;
-use cachette::{Cache, Stats};
+use cachette::{Backplane, Cache, CacheBuilder, Json, Stats};
 
 use crate::db::{Database, DbError};
 use crate::product::{Product, ProductPatch, now_micros};
@@ -61,6 +61,40 @@ pub struct WarmSummary {
     pub elapsed: Duration,
 }
 
+/// How the catalog caches.
+#[derive(Debug, Clone)]
+pub struct Caching {
+    /// L2: the embedded store or Redis.
+    pub store: Arc<dyn Store>,
+    /// The in-process L1 tier's budget over all namespaces; 0 for none.
+    pub l1_bytes: u64,
+    /// Keeps the L1 tiers of instances sharing a Redis coherent.
+    pub backplane: Option<Backplane>,
+}
+
+impl Caching {
+    /// The catalog's key prefix, the store, and L1 (with the backplane,
+    /// read-your-writes when `read_your_writes`).
+    fn tiers<V: cachette::Value>(
+        &self,
+        builder: CacheBuilder<V, Json>,
+        l1_bytes: u64,
+        read_your_writes: bool,
+    ) -> CacheBuilder<V, Json> {
+        let mut builder = builder.prefix("catalog").shared_store(self.store.clone());
+        if self.l1_bytes > 0 && l1_bytes > 0 {
+            builder = builder.l1(l1_bytes);
+        }
+        if let Some(backplane) = &self.backplane {
+            builder = builder.backplane(backplane.clone());
+            if read_your_writes {
+                builder = builder.read_your_writes();
+            }
+        }
+        builder
+    }
+}
+
 /// The product catalog.
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -71,33 +105,35 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// A catalog over `db` that caches in `store`, or reads the database
-    /// directly when `store` is `None`.
+    /// A catalog over `db` that caches as `caching` says, or reads the
+    /// database directly when it is `None`.
+    ///
+    /// With L1, products and category generations are read-your-writes
+    /// across instances (a PUT returns only once no instance serves the
+    /// old product or the old listings); listing pages are eventual, since
+    /// each page lives under its generation's key and is never rewritten.
     pub fn new(
         db: Database,
-        store: Option<Arc<dyn Store>>,
+        caching: Option<Caching>,
         products: i64,
         categories: i64,
     ) -> Result<Catalog, cachette::BuildError> {
-        let caches = match store {
+        let caches = match caching {
             None => None,
-            Some(store) => Some(Caches {
-                products: Cache::builder("product")
-                    .prefix("catalog")
+            Some(caching) => Some(Caches {
+                products: caching
+                    .tiers(Cache::builder("product"), caching.l1_bytes / 4 * 3, true)
                     .ttl(PRODUCT_TTL)
                     .ttl_jitter(0.1)
                     .negative_ttl(NOT_FOUND_TTL)
-                    .shared_store(store.clone())
                     .build()?,
-                listings: Cache::builder("listing")
-                    .prefix("catalog")
+                listings: caching
+                    .tiers(Cache::builder("listing"), caching.l1_bytes / 4, false)
                     .ttl(LISTING_TTL)
-                    .shared_store(store.clone())
                     .build()?,
-                generations: Cache::builder("category-generation")
-                    .prefix("catalog")
+                generations: caching
+                    .tiers(Cache::builder("category-generation"), 1 << 20, true)
                     .ttl(GENERATION_TTL)
-                    .shared_store(store)
                     .build()?,
             }),
         };
@@ -128,14 +164,17 @@ impl Catalog {
 
     /// One product: cache-aside with single flight (concurrent misses of
     /// one id run one query) and negative caching of "not found".
-    pub async fn product(&self, id: i64) -> Result<Option<Product>, CatalogError> {
+    pub async fn product(&self, id: i64) -> Result<Option<Arc<Product>>, CatalogError> {
         let Some(caches) = &self.caches else {
-            return Ok(self.db.product(id).await?);
+            return Ok(self.db.product(id).await?.map(Arc::new));
         };
         let db = self.db.clone();
         let found = caches
             .products
-            .get_or_load_optional(&id.to_string(), move || async move { db.product(id).await })
+            .get_or_load_optional_shared(
+                &id.to_string(),
+                move || async move { db.product(id).await },
+            )
             .await?;
         Ok(found)
     }

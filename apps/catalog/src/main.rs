@@ -77,6 +77,10 @@ struct ServeArgs {
     /// The embedded store's budget, in MiB.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     cache_mb: u64,
+    /// The in-process L1 tier's budget, in MiB (0: none). With Redis, the
+    /// instances' L1 tiers are kept coherent through a Pub/Sub backplane.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    l1_mb: u64,
     /// Database connection pool size.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     db_connections: u32,
@@ -248,6 +252,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.redis_url = args.redis_url;
     config.warm = args.warm;
     config.cache_bytes = args.cache_mb * 1024 * 1024;
+    config.l1_bytes = args.l1_mb * 1024 * 1024;
     config.db_connections = args.db_connections;
     let ready = server::start(&config, Some(metrics))
         .await

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use cachette::store::{EmbeddedStore, RedisConfig, RedisStore, Store};
+use cachette::{Backplane, BackplaneConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Caching, Catalog};
 use crate::db::{Database, DbOptions, FixedLatency, QueryHook, redact};
 use crate::http::{AppState, router};
 
@@ -35,6 +36,9 @@ pub struct ServeConfig {
     pub warm: i64,
     /// The embedded store's budget.
     pub cache_bytes: u64,
+    /// The in-process L1 tier's budget (0: no L1). With Redis, a backplane
+    /// keeps the L1 tiers of all instances coherent.
+    pub l1_bytes: u64,
     pub db_connections: u32,
     /// Runs before every database query (`--db-latency`, tests).
     pub db_hook: Option<Arc<dyn QueryHook>>,
@@ -52,6 +56,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("redis", &self.redis_url.as_ref().map(|_| "set"))
             .field("warm", &self.warm)
             .field("cache_bytes", &self.cache_bytes)
+            .field("l1_bytes", &self.l1_bytes)
             .field("db_connections", &self.db_connections)
             .finish()
     }
@@ -68,6 +73,7 @@ impl ServeConfig {
             redis_url: None,
             warm: 10_000,
             cache_bytes: 256 * 1024 * 1024,
+            l1_bytes: 64 * 1024 * 1024,
             db_connections: 8,
             db_hook: None,
             progress: true,
@@ -127,22 +133,44 @@ pub async fn start(
         );
     }
 
-    let (store, cache_kind): (Option<Arc<dyn Store>>, &'static str) = if config.no_cache {
+    let cache_error = |e: &dyn std::fmt::Display| StartError::Cache(e.to_string());
+    let (caching, cache_kind) = if config.no_cache {
         (None, "none")
     } else if let Some(url) = &config.redis_url {
-        let redis_config =
-            RedisConfig::from_url(url).map_err(|e| StartError::Cache(e.to_string()))?;
-        let store = RedisStore::connect(redis_config)
+        let redis_config = RedisConfig::from_url(url).map_err(|e| cache_error(&e))?;
+        let store = RedisStore::connect(redis_config.clone())
             .await
-            .map_err(|e| StartError::Cache(e.to_string()))?;
-        (Some(Arc::new(store)), "redis")
+            .map_err(|e| cache_error(&e))?;
+        // Without L1 there are no copies to keep coherent.
+        let backplane = if config.l1_bytes > 0 {
+            Some(
+                Backplane::connect(BackplaneConfig::new(redis_config))
+                    .await
+                    .map_err(|e| cache_error(&e))?,
+            )
+        } else {
+            None
+        };
+        let store: Arc<dyn Store> = Arc::new(store);
+        (
+            Some(Caching {
+                store,
+                l1_bytes: config.l1_bytes,
+                backplane,
+            }),
+            "redis",
+        )
     } else {
         (
-            Some(Arc::new(EmbeddedStore::new(config.cache_bytes))),
+            Some(Caching {
+                store: Arc::new(EmbeddedStore::new(config.cache_bytes)),
+                l1_bytes: config.l1_bytes,
+                backplane: None,
+            }),
             "embedded",
         )
     };
-    let catalog = Catalog::new(db, store, prepared.products, prepared.categories)
+    let catalog = Catalog::new(db, caching, prepared.products, prepared.categories)
         .map_err(|e| StartError::Cache(e.to_string()))?;
 
     if catalog.is_cached() && config.warm > 0 {

@@ -277,12 +277,45 @@ async fn run_command(node: &Arc<Node>, words: &[&str]) {
                 b.healthy
             ));
         }
+        // Writes `n` values of `size` bytes (each enters L1), reporting the
+        // resident memory before and after, and what L1 charges.
+        ["fill", n, size] => {
+            let (n, size): (usize, usize) = (n.parse().unwrap(), size.parse().unwrap());
+            let before = rss_bytes();
+            for i in 0..n {
+                let mut value = format!("{i:08}-");
+                value.extend(std::iter::repeat_n('x', size.saturating_sub(9)));
+                cache.set(&format!("m{i}"), &value).await.unwrap();
+            }
+            let usage = cache.l1_usage().unwrap();
+            say(format!(
+                "filled {before} {} {} {}",
+                rss_bytes(),
+                usage.weighted_bytes,
+                usage.entries
+            ));
+        }
+        ["peek", key] => {
+            let held = cache.l1_peek(key).unwrap().is_some();
+            say(format!("peek {}", u8::from(held)));
+        }
         ["sync"] => {
             node.backplane.sync().await.unwrap();
             say("ok");
         }
         other => say(format!("error unknown command {other:?}")),
     }
+}
+
+/// This process's resident set size.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
 }
 
 async fn random_ops(cache: &Cache<String>, seed: u64, ops: usize, keys: usize) {
@@ -634,4 +667,39 @@ fn read_your_writes_across_processes_never_reads_stale_even_under_kills() {
     );
     assert_eq!(stale, 0);
     assert!(b.stat("disconnects") >= 5);
+}
+
+#[test]
+fn an_l1_filled_far_past_its_budget_stays_within_it() {
+    let _serial = serial();
+    let redis = RedisServer::spawn();
+    let budget: u64 = 32 << 20;
+    let mut node = Process::start(&redis, false, Some(budget));
+    // 8× the budget, in values of 16 KiB.
+    let (n, size) = (16_384, 16 * 1024);
+    let filled = node.ask(&format!("fill {n} {size}"), "filled");
+    let f: Vec<u64> = filled
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let (before, after, weighted, entries) = (f[0], f[1], f[2], f[3]);
+    let grown = after.saturating_sub(before);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "L1 budget {:.0} MiB, {:.0} MiB written: resident grew {:.1} MiB ({:.1} % of the budget); L1 charges {:.1} MiB for {entries} entries",
+        mib(budget),
+        mib((n * size) as u64),
+        mib(grown),
+        grown as f64 * 100.0 / budget as f64,
+        mib(weighted)
+    );
+    assert!(weighted <= budget);
+    assert!(grown <= budget + budget / 10, "resident grew {grown} bytes");
+    // Over the size threshold (64 KiB by default): never in L1.
+    let big = "y".repeat(100 * 1024);
+    node.ask(&format!("set big {big}"), "ok");
+    node.ask("get big", "v");
+    assert_eq!(node.ask("peek big", "peek"), "0");
+    node.ask("set small s", "ok");
+    assert_eq!(node.ask("peek small", "peek"), "1");
 }

@@ -27,6 +27,7 @@ pub(super) async fn stats(State(app): State<AppState>) -> Json<Value> {
             s.namespace.clone(),
             json!({
                 "hits": s.hits,
+                "l1_hits": s.l1_hits,
                 "misses": s.misses,
                 "loads": s.loads,
                 // Stale-while-revalidate is not in cachette yet: nothing is
@@ -35,6 +36,8 @@ pub(super) async fn stats(State(app): State<AppState>) -> Json<Value> {
                 "stale_served": 0,
                 "errors": s.load_errors + s.store_errors + s.invalid_entries,
                 "hit_rate": s.hit_rate(),
+                "invalidations_sent": s.invalidations_sent,
+                "invalidations_received": s.invalidations_received,
             }),
         );
     }
