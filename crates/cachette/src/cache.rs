@@ -698,12 +698,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let Some(l1) = &self.inner.l1 else {
             return Ok(None);
         };
-        if let Some(c) = &self.inner.coherence
-            && c.read_your_writes
-            && !c.backplane.health().lease_valid()
-        {
-            // Not hearing the backplane: a copy here may have missed an
-            // invalidation whose writer has already returned.
+        if self.inner.coherence.is_some() && !self.l1_readable() {
             return Ok(None);
         }
         let slot = KEY_BUF.with_borrow_mut(|buf| {
@@ -840,6 +835,17 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let announced = self.announce(Change::Key(skey), true).await;
         written?;
         announced
+    }
+
+    /// False in read-your-writes mode while this instance does not hear
+    /// the backplane: a copy here may have missed an invalidation whose
+    /// writer has already returned.
+    #[inline(never)]
+    fn l1_readable(&self) -> bool {
+        match &self.inner.coherence {
+            Some(c) if c.read_your_writes => c.backplane.health().lease_valid(),
+            _ => true,
+        }
     }
 
     /// How long an L1 copy of an entry fresh for `fresh_for` may live: while
