@@ -170,7 +170,7 @@ impl<V: Send + Sync + 'static> L1<V> {
             return false;
         };
         let seq = self.lock(ticket.stripe);
-        if *seq != ticket.seq || self.epoch.load(Ordering::SeqCst) != ticket.epoch {
+        if !self.undisturbed(*seq, ticket) {
             return false;
         }
         self.entries.insert(key.to_owned(), slot);
@@ -193,12 +193,18 @@ impl<V: Send + Sync + 'static> L1<V> {
     ) {
         let slot = self.slot(value, size, fresh_for);
         let mut seq = self.lock(ticket.stripe);
-        let undisturbed = *seq == ticket.seq && self.epoch.load(Ordering::SeqCst) == ticket.epoch;
+        let undisturbed = self.undisturbed(*seq, ticket);
         *seq += 1;
         match slot {
             Some(slot) if undisturbed => self.entries.insert(key.to_owned(), slot),
             _ => self.entries.invalidate(key),
         }
+    }
+
+    /// No invalidation of the ticket's stripe (now at `seq`, read under its
+    /// lock) nor of the whole tier since the ticket was taken.
+    fn undisturbed(&self, seq: u64, ticket: Ticket) -> bool {
+        seq == ticket.seq && self.epoch.load(Ordering::SeqCst) == ticket.epoch
     }
 
     /// Drops the copy of `key` and voids fills in progress.

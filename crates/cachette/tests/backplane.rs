@@ -25,15 +25,19 @@ async fn backplane(redis: &RedisServer) -> Backplane {
     .unwrap()
 }
 
+async fn store(redis: &RedisServer) -> RedisStore {
+    RedisStore::connect(RedisConfig::from_url(&redis.url()).unwrap())
+        .await
+        .unwrap()
+}
+
 struct Instance {
     backplane: Backplane,
     cache: Cache<String>,
 }
 
 async fn instance(redis: &RedisServer, read_your_writes: bool) -> Instance {
-    let store = RedisStore::connect(RedisConfig::from_url(&redis.url()).unwrap())
-        .await
-        .unwrap();
+    let store = store(redis).await;
     let backplane = backplane(redis).await;
     let mut builder = Cache::builder("doc")
         .store(store)
@@ -46,6 +50,17 @@ async fn instance(redis: &RedisServer, read_your_writes: bool) -> Instance {
         backplane,
         cache: builder.build().unwrap(),
     }
+}
+
+/// Two instances that know each other (each heard the other's heartbeat).
+async fn pair(redis: &RedisServer, read_your_writes: bool) -> (Instance, Instance) {
+    let a = instance(redis, read_your_writes).await;
+    let b = instance(redis, read_your_writes).await;
+    until("both instances know each other", || {
+        a.backplane.stats().members == 1 && b.backplane.stats().members == 1
+    })
+    .await;
+    (a, b)
 }
 
 /// Waits (bounded) until `cond` holds.
@@ -88,12 +103,7 @@ async fn sees(i: &Instance, key: &str, want: Option<&str>) {
 #[tokio::test]
 async fn a_write_in_one_instance_drops_the_copy_in_another() {
     let redis = RedisServer::spawn();
-    let a = instance(&redis, false).await;
-    let b = instance(&redis, false).await;
-    until("both healthy and known", || {
-        a.backplane.stats().members == 1 && b.backplane.stats().members == 1
-    })
-    .await;
+    let (a, b) = pair(&redis, false).await;
 
     a.cache.set("k", &"v1".into()).await.unwrap();
     assert_eq!(cached_in_l1(&b, "k").await.as_deref(), Some("v1"));
@@ -132,11 +142,7 @@ async fn a_cache_without_l1_still_announces() {
     let b = instance(&redis, false).await;
     let writer_bp = backplane(&redis).await;
     let writer: Cache<String> = Cache::builder("doc")
-        .store(
-            RedisStore::connect(RedisConfig::from_url(&redis.url()).unwrap())
-                .await
-                .unwrap(),
-        )
+        .store(store(&redis).await)
         .backplane(writer_bp)
         .build()
         .unwrap();
@@ -151,11 +157,7 @@ async fn two_caches_of_one_namespace_in_one_process_stay_coherent() {
     let redis = RedisServer::spawn();
     let a = instance(&redis, false).await;
     let twin: Cache<String> = Cache::builder("doc")
-        .store(
-            RedisStore::connect(RedisConfig::from_url(&redis.url()).unwrap())
-                .await
-                .unwrap(),
-        )
+        .store(store(&redis).await)
         .l1(1 << 20)
         .backplane(a.backplane.clone())
         .build()
@@ -170,12 +172,7 @@ async fn two_caches_of_one_namespace_in_one_process_stay_coherent() {
 #[tokio::test]
 async fn read_your_writes_needs_no_waiting_by_the_reader() {
     let redis = RedisServer::spawn();
-    let a = instance(&redis, true).await;
-    let b = instance(&redis, true).await;
-    until("members known", || {
-        a.backplane.stats().members == 1 && b.backplane.stats().members == 1
-    })
-    .await;
+    let (a, b) = pair(&redis, true).await;
     for i in 0..300 {
         let key = format!("k{}", i % 7);
         if i < 7 {
@@ -193,9 +190,7 @@ async fn read_your_writes_needs_no_waiting_by_the_reader() {
 #[tokio::test]
 async fn a_killed_backplane_connection_flushes_caps_and_comes_back() {
     let redis = RedisServer::spawn();
-    let a = instance(&redis, false).await;
-    let b = instance(&redis, false).await;
-    until("members known", || b.backplane.stats().members == 1).await;
+    let (a, b) = pair(&redis, false).await;
     a.cache.set("k", &"v1".into()).await.unwrap();
     cached_in_l1(&b, "k").await;
 
@@ -227,12 +222,7 @@ async fn a_killed_backplane_connection_flushes_caps_and_comes_back() {
 #[tokio::test]
 async fn read_your_writes_holds_while_the_readers_backplane_is_down() {
     let redis = RedisServer::spawn();
-    let a = instance(&redis, true).await;
-    let b = instance(&redis, true).await;
-    until("members known", || {
-        a.backplane.stats().members == 1 && b.backplane.stats().members == 1
-    })
-    .await;
+    let (a, b) = pair(&redis, true).await;
     a.cache.set("k", &"v1".into()).await.unwrap();
     cached_in_l1(&b, "k").await;
     // B's subscriber is killed before every write: B misses some messages

@@ -94,6 +94,12 @@ impl Fleet {
         self.changed.notify_waiters();
     }
 
+    /// Resolves at the next applied batch (register it before checking
+    /// what it waits for).
+    pub(crate) fn next_change(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
     /// Members heard within their lease.
     pub(crate) fn live(&self) -> usize {
         let now = Instant::now();

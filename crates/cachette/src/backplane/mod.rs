@@ -355,11 +355,19 @@ impl Backplane {
         self.shared().health.is_healthy()
     }
 
-    /// Waits until the backplane is healthy (see [`Backplane::is_healthy`]).
+    /// Waits until the backplane is healthy (see [`Backplane::is_healthy`]):
+    /// woken by each batch of messages the subscriber applies, so it
+    /// returns as soon as the own heartbeat is back. It waits as long as
+    /// that takes; bound it with a timeout.
     pub async fn healthy(&self) {
-        let step = self.shared().config.heartbeat / 4;
-        while !self.is_healthy() {
-            tokio::time::sleep(step).await;
+        loop {
+            let next = self.shared().fleet.next_change();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            if self.is_healthy() {
+                return;
+            }
+            next.await;
         }
     }
 

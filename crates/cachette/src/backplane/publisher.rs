@@ -162,8 +162,6 @@ async fn publish(
             Ok(Ok(())) => {
                 if failing {
                     tracing::info!("cachette backplane publishing again");
-                    // Announcements may have waited; receivers are fine
-                    // with late invalidations, so nothing else to do.
                 }
                 return true;
             }
