@@ -3,13 +3,16 @@
 //!
 //! The embedded store is a product feature, so it must behave like Redis
 //! wherever the cache can observe a difference: missing versus empty values,
-//! binary safety, overwrite, per-entry TTLs, batch order.
+//! binary safety, overwrite, per-entry TTLs, batch order — and the fill
+//! leases: one holder at a time, fills only with the holder's token, every
+//! write or delete ending the lease, release and extend never touching
+//! another holder's lease.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cachette::Ttl;
-use cachette::store::{Store, StoreEntry};
+use cachette::store::{Lease, LeaseToken, Store, StoreEntry};
 
 use crate::Fixture;
 
@@ -195,6 +198,192 @@ pub async fn large_values_round_trip(f: &Fixture) {
     assert_eq!(get(&*f.store, "big").await.as_deref(), Some(&big[..]));
 }
 
+async fn claim(f: &Fixture, key: &str, seen: Option<&[u8]>, token: &LeaseToken) -> Lease {
+    f.store
+        .claim(key, seen, token, ttl(LONG))
+        .await
+        .expect("claim")
+        .lease
+}
+
+/// One holder at a time: the first claim of a missing entry wins, the
+/// others see it held; the holder's fill stores and ends the lease.
+pub async fn one_lease_per_key_and_only_its_holder_fills(f: &Fixture) {
+    let (a, b) = (LeaseToken::random(), LeaseToken::random());
+    assert_eq!(claim(f, "k", None, &a).await, Lease::Granted);
+    match claim(f, "k", None, &b).await {
+        Lease::Held { expires_in } => {
+            assert!(expires_in > Duration::from_secs(50) && expires_in <= Duration::from_secs(60));
+        }
+        other => panic!("a second claim got {other:?}"),
+    }
+    let stored = f
+        .store
+        .fill("k", &b, Bytes::from_static(b"b"), ttl(LONG))
+        .await;
+    assert!(!stored.expect("fill"), "a non-holder's fill is refused");
+    assert_eq!(get(&*f.store, "k").await, None);
+    let stored = f
+        .store
+        .fill("k", &a, Bytes::from_static(b"a"), ttl(LONG))
+        .await;
+    assert!(stored.expect("fill"));
+    assert_eq!(get(&*f.store, "k").await.as_deref(), Some(&b"a"[..]));
+    let again = f
+        .store
+        .fill("k", &a, Bytes::from_static(b"again"), ttl(LONG))
+        .await;
+    assert!(!again.expect("fill"), "the fill ended the lease");
+    // The entry is there now: a claim that saw nothing gets it back.
+    let claimed = f
+        .store
+        .claim("k", None, &b, ttl(LONG))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.lease, Lease::Changed);
+    assert_eq!(claimed.value.as_deref(), Some(&b"a"[..]));
+}
+
+/// A claim that names the entry it saw is granted while that entry is
+/// still there (a refresh of a stale value), and answered with the new
+/// entry once someone replaced it. An empty value is a value.
+pub async fn a_claim_compares_the_entry_it_saw(f: &Fixture) {
+    let t = LeaseToken::random();
+    f.store
+        .set("k", Bytes::from_static(b"v1-payload"), ttl(LONG))
+        .await
+        .expect("set");
+    assert_eq!(claim(f, "k", Some(b"v1"), &t).await, Lease::Granted);
+    f.store.release_lease("k", &t).await.expect("release");
+    f.store
+        .set("k", Bytes::from_static(b"v2-payload"), ttl(LONG))
+        .await
+        .expect("set");
+    let claimed = f
+        .store
+        .claim("k", Some(b"v1"), &t, ttl(LONG))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.lease, Lease::Changed);
+    assert_eq!(claimed.value.as_deref(), Some(&b"v2-payload"[..]));
+    f.store
+        .set("e", Bytes::new(), ttl(LONG))
+        .await
+        .expect("set");
+    assert_eq!(claim(f, "e", None, &t).await, Lease::Changed);
+    assert_eq!(claim(f, "e", Some(b""), &t).await, Lease::Granted);
+    // Gone since it was seen: there is something to load, so it is granted.
+    assert_eq!(claim(f, "gone", Some(b"v1"), &t).await, Lease::Granted);
+}
+
+/// A write or delete while a lease is held ends it: the holder's fill
+/// (which may carry a value read before the write) is refused.
+pub async fn writes_and_deletes_end_the_lease(f: &Fixture) {
+    for write in ["set", "set_many", "delete"] {
+        let key = format!("k-{write}");
+        let holder = LeaseToken::random();
+        assert_eq!(claim(f, &key, None, &holder).await, Lease::Granted);
+        match write {
+            "set" => f
+                .store
+                .set(&key, Bytes::from_static(b"new"), ttl(LONG))
+                .await
+                .expect("set"),
+            "set_many" => f
+                .store
+                .set_many(&[StoreEntry {
+                    key: key.clone(),
+                    value: Bytes::from_static(b"new"),
+                    ttl: ttl(LONG),
+                }])
+                .await
+                .expect("set_many"),
+            _ => drop(f.store.delete(&key).await.expect("delete")),
+        }
+        let stored = f
+            .store
+            .fill(&key, &holder, Bytes::from_static(b"old"), ttl(LONG))
+            .await;
+        assert!(
+            !stored.expect("fill"),
+            "{write}: a fill after it is refused"
+        );
+        let expected = (write != "delete").then_some(&b"new"[..]);
+        assert_eq!(get(&*f.store, &key).await.as_deref(), expected, "{write}");
+        // And the next claim is free.
+        assert_eq!(
+            claim(f, &key, Some(b"x"), &LeaseToken::random()).await == Lease::Granted,
+            write == "delete"
+        );
+    }
+}
+
+/// Release and extend act only on the caller's own lease; an expired
+/// lease is free to claim and its holder's fill is refused.
+pub async fn release_and_extend_never_touch_another_holders_lease(f: &Fixture) {
+    let (a, b) = (LeaseToken::random(), LeaseToken::random());
+    assert_eq!(claim(f, "k", None, &a).await, Lease::Granted);
+    assert!(!f.store.release_lease("k", &b).await.expect("release"));
+    assert!(
+        !f.store
+            .extend_lease("k", &b, ttl(LONG))
+            .await
+            .expect("extend")
+    );
+    assert!(matches!(claim(f, "k", None, &b).await, Lease::Held { .. }));
+    assert!(f.store.release_lease("k", &a).await.expect("release"));
+    assert_eq!(claim(f, "k", None, &b).await, Lease::Granted);
+    assert!(!f.store.release_lease("k", &a).await.expect("release"));
+
+    // Expiry, and extension keeping a lease alive past its first TTL.
+    let (c, d) = (LeaseToken::random(), LeaseToken::random());
+    let granted = f
+        .store
+        .claim("short", None, &c, ttl(SHORT))
+        .await
+        .expect("claim");
+    assert_eq!(granted.lease, Lease::Granted);
+    assert!(
+        f.store
+            .extend_lease("short", &c, ttl(LONG))
+            .await
+            .expect("extend")
+    );
+    tokio::time::sleep(Duration::from_millis(SHORT + 100)).await;
+    assert!(
+        matches!(claim(f, "short", None, &d).await, Lease::Held { .. }),
+        "extended"
+    );
+    assert!(
+        f.store
+            .extend_lease("short", &c, ttl(SHORT))
+            .await
+            .expect("extend")
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lease = f
+            .store
+            .claim("short", None, &d, ttl(LONG))
+            .await
+            .expect("claim")
+            .lease;
+        if lease == Lease::Granted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = f
+        .store
+        .fill("short", &c, Bytes::from_static(b"late"), ttl(LONG))
+        .await;
+    assert!(
+        !stored.expect("fill"),
+        "an expired holder's fill is refused"
+    );
+}
+
 /// Defines one test per conformance case for a store: `$fixture` is an
 /// expression giving a `Future<Output = Fixture>`, evaluated once per test.
 ///
@@ -216,6 +405,10 @@ macro_rules! store_conformance {
             entries_expire_after_their_ttl,
             overwrite_replaces_the_ttl,
             large_values_round_trip,
+            one_lease_per_key_and_only_its_holder_fills,
+            a_claim_compares_the_entry_it_saw,
+            writes_and_deletes_end_the_lease,
+            release_and_extend_never_touch_another_holders_lease,
         );
     };
 }

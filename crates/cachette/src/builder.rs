@@ -10,6 +10,7 @@ use crate::codec::Codec;
 use crate::flight::Flights;
 use crate::key::{DEFAULT_MAX_KEY_BYTES, KeySpace};
 use crate::l1::{L1, L1Config};
+use crate::policy::{FailSafe, LoadPolicy};
 use crate::stats::Recorder;
 use crate::store::{EmbeddedStore, Store};
 use crate::{BuildError, Ttl};
@@ -17,6 +18,13 @@ use crate::{BuildError, Ttl};
 /// The largest encoded entry, by default: 1 MiB. Larger values waste memory
 /// in every store and time on every read; cache a smaller projection.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// How long a fill lease lasts unless its holder extends it, by default.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
+/// How long a load waits for another caller's lease at most, by default.
+pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(5);
+/// The fail-safe throttle period, by default.
+pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(10);
 
 /// The default L1 TTL cap.
 pub const DEFAULT_L1_TTL: Duration = Duration::from_secs(60);
@@ -41,6 +49,14 @@ pub struct CacheBuilder<V, C> {
     l1_max_entry_bytes: usize,
     backplane: Option<Backplane>,
     read_your_writes: bool,
+    stale_while_revalidate: Duration,
+    fail_safe: Option<Duration>,
+    fail_safe_throttle: Duration,
+    early_refresh_beta: f64,
+    lease_ttl: Duration,
+    lease_wait: Duration,
+    soft_timeout: Option<Duration>,
+    hard_timeout: Option<Duration>,
     codec: C,
     _value: PhantomData<fn() -> V>,
 }
@@ -62,6 +78,14 @@ impl<V: Value, C: Codec + Default> CacheBuilder<V, C> {
             l1_max_entry_bytes: DEFAULT_L1_MAX_ENTRY_BYTES,
             backplane: None,
             read_your_writes: false,
+            stale_while_revalidate: Duration::ZERO,
+            fail_safe: None,
+            fail_safe_throttle: DEFAULT_FAIL_SAFE_THROTTLE,
+            early_refresh_beta: 1.0,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            lease_wait: DEFAULT_LEASE_WAIT,
+            soft_timeout: None,
+            hard_timeout: None,
             codec: C::default(),
             _value: PhantomData,
         }
@@ -174,6 +198,77 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
         self
     }
 
+    /// Stale-while-revalidate: for `window` after an entry stops being
+    /// fresh, `get_or_load` serves it at once and starts one background
+    /// refresh (one per fleet, under the fill lease), so no caller waits
+    /// for the reload. Plain `get` serves fresh entries only. By default,
+    /// no window.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = window;
+        self
+    }
+
+    /// Fail-safe: entries are kept `max_stale` past their freshness, and
+    /// when a load fails (or passes the soft timeout) its callers get the
+    /// kept value instead of an error. The value is then served as fresh
+    /// for the throttle period ([`CacheBuilder::fail_safe_throttle`]), so
+    /// a down source sees at most one attempt per key per period. Counted
+    /// in [`Stats::fail_safe_hits`](crate::Stats::fail_safe_hits). By
+    /// default, off.
+    pub fn fail_safe(mut self, max_stale: Duration) -> Self {
+        self.fail_safe = Some(max_stale);
+        self
+    }
+
+    /// See [`CacheBuilder::fail_safe`]. By default, 10 s.
+    pub fn fail_safe_throttle(mut self, period: Duration) -> Self {
+        self.fail_safe_throttle = period;
+        self
+    }
+
+    /// Early refresh (XFetch): a read of a fresh entry starts a background
+    /// refresh with a probability that rises as expiry nears, scaled by
+    /// the last load's duration times `beta`, so hot keys are reloaded
+    /// before they expire and no caller meets the miss. Larger `beta`
+    /// refreshes earlier; 0 turns it off. By default, 1.0.
+    pub fn early_refresh(mut self, beta: f64) -> Self {
+        self.early_refresh_beta = beta;
+        self
+    }
+
+    /// How long a fill lease lasts unless its holder, still loading,
+    /// extends it (it does, every third of this). If the holder dies, the
+    /// others load after at most this long. By default, 2 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How long a load waits at most for another caller's lease (another
+    /// process's load of the same key) before loading itself — without
+    /// storing the result, since it holds no lease. By default, 5 s.
+    pub fn lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait;
+        self
+    }
+
+    /// With a stale value at hand (fail-safe), callers wait at most this
+    /// long for a load and then get the stale value; the load goes on in
+    /// the background and fills the cache when it finishes. By default,
+    /// none.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// A load running this long is abandoned and its callers get
+    /// [`Error::LoadTimeout`](crate::Error::LoadTimeout) (or a stale value,
+    /// with fail-safe). By default, none.
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
     /// The store. Stores are cheap handles: pass clones of one store to
     /// every namespace that should share it. By default, a private
     /// [`EmbeddedStore`] of 64 MiB.
@@ -204,9 +299,89 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             l1_max_entry_bytes: self.l1_max_entry_bytes,
             backplane: self.backplane,
             read_your_writes: self.read_your_writes,
+            stale_while_revalidate: self.stale_while_revalidate,
+            fail_safe: self.fail_safe,
+            fail_safe_throttle: self.fail_safe_throttle,
+            early_refresh_beta: self.early_refresh_beta,
+            lease_ttl: self.lease_ttl,
+            lease_wait: self.lease_wait,
+            soft_timeout: self.soft_timeout,
+            hard_timeout: self.hard_timeout,
             codec,
             _value: PhantomData,
         }
+    }
+
+    /// The load policy, checked.
+    fn policy(&self) -> Result<LoadPolicy, BuildError> {
+        let out_of_range =
+            |what: &'static str, reason: String| BuildError::OutOfRange { what, reason };
+        let lease_ttl = Ttl::checked(self.lease_ttl)
+            .ok()
+            .filter(|t| t.get() >= Duration::from_millis(10))
+            .ok_or_else(|| {
+                out_of_range(
+                    "lease_ttl",
+                    format!("{:?} is not within 10 ms–365 days", self.lease_ttl),
+                )
+            })?;
+        if !(self.early_refresh_beta.is_finite() && self.early_refresh_beta >= 0.0) {
+            return Err(out_of_range(
+                "early_refresh",
+                format!(
+                    "beta {} must be a finite number ≥ 0",
+                    self.early_refresh_beta
+                ),
+            ));
+        }
+        let fail_safe = match self.fail_safe {
+            None => None,
+            Some(max_stale) => {
+                if self.fail_safe_throttle < Ttl::MIN {
+                    return Err(out_of_range(
+                        "fail_safe_throttle",
+                        "must be at least 1 ms".into(),
+                    ));
+                }
+                Some(FailSafe {
+                    max_stale,
+                    throttle: self.fail_safe_throttle,
+                })
+            }
+        };
+        for (what, window) in [
+            ("stale_while_revalidate", Some(self.stale_while_revalidate)),
+            ("fail_safe", self.fail_safe),
+        ] {
+            if window.is_some_and(|w| w > Ttl::MAX) {
+                return Err(out_of_range(what, "must be at most 365 days".into()));
+            }
+        }
+        if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout)
+            && soft >= hard
+        {
+            return Err(out_of_range(
+                "soft_timeout",
+                format!("{soft:?} must be shorter than the hard timeout {hard:?}"),
+            ));
+        }
+        if self.soft_timeout.is_some_and(|t| t.is_zero())
+            || self.hard_timeout.is_some_and(|t| t.is_zero())
+        {
+            return Err(out_of_range(
+                "timeout",
+                "a load timeout must be above zero".into(),
+            ));
+        }
+        Ok(LoadPolicy {
+            stale_while_revalidate: self.stale_while_revalidate,
+            fail_safe,
+            early_refresh_beta: self.early_refresh_beta,
+            lease_ttl,
+            lease_wait: self.lease_wait,
+            soft_timeout: self.soft_timeout,
+            hard_timeout: self.hard_timeout,
+        })
     }
 
     /// Checks the options and builds the cache.
@@ -221,6 +396,7 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             self.schema_version,
             self.max_key_bytes,
         )?;
+        let policy = self.policy()?;
         let valid_ttl = |what: &'static str, d: Duration| {
             Ttl::checked(d).map_err(|reason| BuildError::InvalidTtl {
                 what,
@@ -308,6 +484,7 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
                 negative_ttl,
                 max_value_bytes: self.max_value_bytes,
                 flights: Flights::default(),
+                policy,
                 l1,
                 coherence,
                 _value: PhantomData,

@@ -10,12 +10,10 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use futures_util::future::Either;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,9 +22,11 @@ use crate::backplane::{Backplane, Change, Listener};
 use crate::builder::CacheBuilder;
 use crate::codec::{Codec, Json};
 use crate::envelope::{self, InvalidEntry, Meta, flags};
-use crate::flight::{Failure, Flight, Flights, Outcome, Role, Settle};
+use crate::flight::Flights;
 use crate::key::KeySpace;
 use crate::l1::{L1, L1Usage};
+use crate::policy::{Age, LoadPolicy, Stamp};
+use crate::signal;
 use crate::stats::{Recorder, Stats};
 use crate::store::{Store, StoreEntry, StoreError};
 use crate::{BoxError, Error, Ttl};
@@ -57,7 +57,7 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Value for 
 /// # Ok(()) }
 /// ```
 pub struct Cache<V, C = Json> {
-    inner: Arc<Inner<V, C>>,
+    pub(crate) inner: Arc<Inner<V, C>>,
 }
 
 pub(crate) struct Inner<V, C> {
@@ -71,6 +71,8 @@ pub(crate) struct Inner<V, C> {
     pub(crate) max_value_bytes: usize,
     pub(crate) stats: Recorder,
     pub(crate) flights: Flights<Arc<V>>,
+    /// Freshness windows, early refresh, leases and timeouts.
+    pub(crate) policy: LoadPolicy,
     /// The in-process tier, when configured.
     pub(crate) l1: Option<L1<V>>,
     /// The backplane, when configured.
@@ -133,6 +135,7 @@ impl<V, C: fmt::Debug> fmt::Debug for Cache<V, C> {
             .field("max_value_bytes", &i.max_value_bytes)
             .field("l1", &i.l1.is_some())
             .field("coherence", &i.coherence)
+            .field("policy", &i.policy)
             .finish()
     }
 }
@@ -143,7 +146,7 @@ thread_local! {
 }
 
 /// What a read found.
-enum Found<V> {
+pub(crate) enum Found<V> {
     Value(Arc<V>),
     /// A cached "not found".
     Absent,
@@ -151,12 +154,42 @@ enum Found<V> {
 }
 
 /// A decoded store entry, with what L1 needs to copy it.
-struct Decoded<V> {
-    found: Found<V>,
-    /// When the store's entry stops being fresh (Unix ms).
-    fresh_until_ms: u64,
+pub(crate) struct Decoded<V> {
+    pub(crate) found: Found<V>,
+    pub(crate) stamp: Stamp,
     /// Its encoded size.
-    size: usize,
+    pub(crate) size: usize,
+}
+
+/// A stored entry past its freshness but still kept: served at once while
+/// it is in the stale-while-revalidate window, else only as a fail-safe
+/// fallback.
+pub(crate) struct StaleCopy<V> {
+    pub(crate) value: Arc<V>,
+    /// The entry as stored: what a lease claim compares, and what the
+    /// fail-safe writes back for the throttle period.
+    pub(crate) bytes: Bytes,
+    pub(crate) stamp: Stamp,
+    pub(crate) age: Age,
+}
+
+impl<V> Clone for StaleCopy<V> {
+    fn clone(&self) -> Self {
+        StaleCopy {
+            value: Arc::clone(&self.value),
+            bytes: self.bytes.clone(),
+            stamp: self.stamp,
+            age: self.age,
+        }
+    }
+}
+
+/// What a store read found: a fresh entry (with its times), or a stale
+/// copy the load path may use.
+pub(crate) struct Read<V> {
+    pub(crate) found: Found<V>,
+    pub(crate) stamp: Option<Stamp>,
+    pub(crate) stale: Option<StaleCopy<V>>,
 }
 
 impl<V: Value> Cache<V, Json> {
@@ -206,10 +239,10 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// from an outage on its own, so it says so. (Loads fail open instead.)
     pub async fn get(&self, key: &str) -> Result<Option<V>, Error> {
         let found = match self.l1_lookup(key, true)? {
-            Some(found) => found,
+            Some((found, _)) => found,
             None => {
                 let skey = self.inner.keys.store_key(key)?;
-                self.read(&skey, true).await?
+                self.read(&skey, true, false).await?.found
             }
         };
         Ok(match found {
@@ -237,11 +270,11 @@ impl<V: Value, C: Codec> Cache<V, C> {
             Found::Absent | Found::Nothing => None,
         };
         match self.l1_lookup(key, true) {
-            Ok(Some(hit)) => Either::Left(std::future::ready(Ok(found(hit)))),
+            Ok(Some((hit, _))) => Either::Left(std::future::ready(Ok(found(hit)))),
             Err(e) => Either::Left(std::future::ready(Err(e))),
             Ok(None) => Either::Right(Box::pin(async move {
                 let skey = self.inner.keys.store_key(key)?;
-                Ok(found(self.read(&skey, true).await?))
+                Ok(found(self.read(&skey, true, false).await?.found))
             })),
         }
     }
@@ -286,9 +319,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
     ) -> Result<(), Error> {
         let ttl = Ttl::new(ttl)?.jittered(self.inner.ttl_jitter);
         let skey = self.inner.keys.store_key(key)?;
-        let bytes = self.encode(Some(value), ttl)?;
+        let (bytes, kept_for) = self.encode(Some(value), ttl, 0)?;
         self.inner.flights.void(&skey).await;
-        self.write_value(&skey, value, bytes, ttl).await
+        self.write_value(&skey, value, bytes, ttl, kept_for).await
     }
 
     /// Stores every `(key, value)` pair for the namespace's TTL: one store
@@ -301,20 +334,22 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let mut batch = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             let ttl = self.inner.ttl.jittered(self.inner.ttl_jitter);
+            let (bytes, kept_for) = self.encode(Some(value), ttl, 0)?;
             batch.push(StoreEntry {
                 key: self.inner.keys.store_key(key.as_ref())?,
-                value: self.encode(Some(value), ttl)?,
-                ttl,
+                value: bytes,
+                ttl: kept_for,
             });
         }
         for entry in &batch {
             self.inner.flights.void(&entry.key).await;
         }
         let written = self.observe(self.inner.store.set_many(&batch).await);
-        if let Some(l1) = &self.inner.l1 {
-            for entry in &batch {
+        for entry in &batch {
+            if let Some(l1) = &self.inner.l1 {
                 l1.invalidate(&entry.key);
             }
+            signal::wake(&entry.key);
         }
         // Acknowledgements are cumulative: confirming the last covers all.
         let last = batch.len().saturating_sub(1);
@@ -339,6 +374,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         if let Some(l1) = &self.inner.l1 {
             l1.invalidate(&skey);
         }
+        signal::wake(&skey);
         let announced = self.announce(Change::Key(&skey), true).await;
         let deleted = deleted?;
         announced.map(|()| deleted)
@@ -493,8 +529,8 @@ impl<V: Value, C: Codec> Cache<V, C> {
         })?;
         self.inner.flights.void(&skey).await;
         let ttl = self.inner.ttl.jittered(self.inner.ttl_jitter);
-        let written = match self.encode(Some(&value), ttl) {
-            Ok(bytes) => self.write_value(&skey, &value, bytes, ttl).await,
+        let written = match self.encode(Some(&value), ttl, 0) {
+            Ok((bytes, kept_for)) => self.write_value(&skey, &value, bytes, ttl, kept_for).await,
             Err(e) => Err(e),
         };
         if let Err(err) = written {
@@ -513,172 +549,14 @@ impl<V: Value, C: Codec> Cache<V, C> {
         Ok(value)
     }
 
-    /// The shared path of every load.
-    async fn load<F, Fut, E>(
-        &self,
-        key: &str,
-        ttl: Ttl,
-        optional: bool,
-        loader: F,
-    ) -> Result<Option<Arc<V>>, Error>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        let skey = self.inner.keys.store_key(key)?;
-        let found = match self.l1_lookup(key, optional)? {
-            Some(found) => Ok(found),
-            None => self.read(&skey, optional).await,
-        };
-        // A cached "not found" answers only an optional load; for the
-        // others it is a miss to load through.
-        match found {
-            Ok(Found::Value(v)) => return Ok(Some(v)),
-            Ok(Found::Absent) if optional => return Ok(None),
-            // A store outage is already counted and logged: fail open.
-            Ok(_) | Err(_) => {}
-        }
-        let flight = match self.inner.flights.join(&skey) {
-            Role::Follower(flight) => flight,
-            Role::Leader(flight, settle) => {
-                let task =
-                    self.clone()
-                        .fly(skey, Arc::clone(&flight), settle, ttl, optional, loader);
-                match tokio::runtime::Handle::try_current() {
-                    Ok(runtime) => drop(runtime.spawn(task)),
-                    // Outside a Tokio runtime the load cannot outlive its
-                    // caller; run it here rather than fail.
-                    Err(_) => task.await,
-                }
-                flight
-            }
-        };
-        match flight.outcome().await {
-            Some(Ok(value)) => Ok(value),
-            Some(Err(Failure::Loader(source))) => Err(Error::Load {
-                namespace: self.inner.namespace.clone(),
-                source,
-            }),
-            Some(Err(Failure::Panicked(message))) => Err(Error::LoaderPanicked {
-                namespace: self.inner.namespace.clone(),
-                message,
-            }),
-            None => Err(Error::LoadAbandoned {
-                namespace: self.inner.namespace.clone(),
-            }),
-        }
-    }
-
-    /// The body of a flight: runs detached from any caller.
-    async fn fly<F, Fut, E>(
-        self,
-        skey: String,
-        flight: Arc<Flight<Arc<V>>>,
-        settle: Settle<Arc<V>>,
-        ttl: Ttl,
-        optional: bool,
-        loader: F,
-    ) where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        let outcome = self.run_flight(&skey, &flight, ttl, optional, loader).await;
-        // Leave the map before waking the waiters: a caller arriving after
-        // this either finds the filled entry or starts a new flight.
-        self.inner.flights.finish(&skey, &flight);
-        settle.settle(outcome);
-    }
-
-    async fn run_flight<F, Fut, E>(
-        &self,
-        skey: &str,
-        flight: &Flight<Arc<V>>,
-        ttl: Ttl,
-        optional: bool,
-        loader: F,
-    ) -> Outcome<Arc<V>>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        // Taken before anything is read: an invalidation of the key from
-        // here on keeps this flight's value out of L1.
-        let ticket = self.inner.l1.as_ref().map(|l1| l1.ticket(skey));
-        // Check again: a flight that finished between our caller's read and
-        // this flight's start has already filled the entry.
-        if let Ok(Some(bytes)) = self.inner.store.get(skey).await {
-            match self.decode_quiet(&bytes).map(|d| d.found) {
-                Ok(Found::Value(v)) => return Ok(Some(v)),
-                Ok(Found::Absent) if optional => return Ok(None),
-                _ => {}
-            }
-        }
-        // Scoped so the loader's error (which need not be `Send`) is
-        // converted before the next await.
-        let value = {
-            let started = Instant::now();
-            let result = AssertUnwindSafe(async move { loader().await })
-                .catch_unwind()
-                .await;
-            self.inner.stats.load(started.elapsed());
-            match result {
-                Ok(Ok(value)) => value.map(Arc::new),
-                Ok(Err(err)) => {
-                    self.inner.stats.load_error();
-                    return Err(Failure::Loader(Arc::from(err.into())));
-                }
-                Err(panic) => {
-                    self.inner.stats.load_error();
-                    return Err(Failure::Panicked(panic_message(panic.as_ref())));
-                }
-            }
-        };
-        let fill_ttl = match (&value, self.inner.negative_ttl) {
-            (Some(_), _) => Some(ttl.jittered(self.inner.ttl_jitter)),
-            (None, Some(negative)) if optional => Some(negative),
-            (None, _) => None,
-        };
-        if let Some(fill_ttl) = fill_ttl {
-            match self.encode(value.as_deref(), fill_ttl) {
-                Ok(bytes) => {
-                    let size = bytes.len();
-                    let filled = flight
-                        .fill_unless_voided(async {
-                            // Failures are counted and logged in `write`; the
-                            // loaded value is served regardless.
-                            if self.write(skey, bytes, fill_ttl).await.is_ok() {
-                                if let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket) {
-                                    let fresh_for = self.l1_fresh_for(fill_ttl.get());
-                                    l1.fill(skey, ticket, value.clone(), size, fresh_for);
-                                }
-                                // Another instance may hold a copy from
-                                // before the entry left the store (evicted,
-                                // deleted by hand); never waited for.
-                                let _ = self.announce(Change::Key(skey), false).await;
-                            }
-                        })
-                        .await;
-                    if !filled {
-                        tracing::debug!(namespace = %self.inner.namespace, "load voided by a concurrent write; not cached");
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(namespace = %self.inner.namespace, error = %err, "loaded value not cached");
-                }
-            }
-        }
-        Ok(value)
-    }
-
     async fn write(&self, skey: &str, bytes: Bytes, ttl: Ttl) -> Result<(), Error> {
-        self.observe(self.inner.store.set(skey, bytes, ttl).await)
+        let written = self.observe(self.inner.store.set(skey, bytes, ttl).await);
+        signal::wake(skey);
+        written
     }
 
     /// Counts a store call's outcome (errors are logged once per outage).
-    fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, Error> {
+    pub(crate) fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, Error> {
         match result {
             Ok(value) => {
                 self.inner.stats.store_ok();
@@ -694,7 +572,11 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// The L1 copy of `key`, counted; `None` without L1 or a copy. The
     /// store key is built in a per-thread buffer: an L1 hit allocates
     /// nothing.
-    fn l1_lookup(&self, key: &str, absent_is_hit: bool) -> Result<Option<Found<V>>, Error> {
+    pub(crate) fn l1_lookup(
+        &self,
+        key: &str,
+        absent_is_hit: bool,
+    ) -> Result<Option<(Found<V>, Stamp)>, Error> {
         let Some(l1) = &self.inner.l1 else {
             return Ok(None);
         };
@@ -708,77 +590,123 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 .write_store_key(key, buf)
                 .map(|()| l1.get(buf))
         })?;
-        Ok(slot.map(|slot| match slot.value {
-            Some(value) => {
-                self.inner.stats.l1_hit();
-                Found::Value(value)
-            }
-            None if absent_is_hit => {
-                self.inner.stats.l1_hit();
-                Found::Absent
-            }
-            None => {
-                self.inner.stats.miss();
-                Found::Absent
-            }
+        Ok(slot.map(|slot| {
+            let found = match slot.value {
+                Some(value) => {
+                    self.inner.stats.l1_hit();
+                    Found::Value(value)
+                }
+                None if absent_is_hit => {
+                    self.inner.stats.l1_hit();
+                    Found::Absent
+                }
+                None => {
+                    self.inner.stats.miss();
+                    Found::Absent
+                }
+            };
+            (found, slot.stamp)
         }))
     }
 
     /// Reads the store and decodes, counting the hit or miss; a cached "not
-    /// found" counts as a hit only when `absent_is_hit`. With L1, what the
-    /// store returns is copied into it (callers look in L1 first).
-    async fn read(&self, skey: &str, absent_is_hit: bool) -> Result<Found<V>, Error> {
-        let Some(l1) = &self.inner.l1 else {
-            let bytes = self
-                .observe(self.inner.store.get(skey).await)
-                .inspect_err(|_| self.inner.stats.miss())?;
-            return Ok(self.decode(bytes.as_deref(), absent_is_hit));
-        };
-        let ticket = l1.ticket(skey);
+    /// found" counts as a hit only when `absent_is_hit`. With L1, a fresh
+    /// entry is copied into it (callers look in L1 first). An entry past
+    /// its freshness but still kept is returned as a stale copy when
+    /// `stale_ok` (uncounted: the load path counts what it serves), and is
+    /// a miss otherwise.
+    pub(crate) async fn read(
+        &self,
+        skey: &str,
+        absent_is_hit: bool,
+        stale_ok: bool,
+    ) -> Result<Read<V>, Error> {
+        let ticket = self.inner.l1.as_ref().map(|l1| l1.ticket(skey));
         let bytes = self
             .observe(self.inner.store.get(skey).await)
             .inspect_err(|_| self.inner.stats.miss())?;
+        let nothing = Read {
+            found: Found::Nothing,
+            stamp: None,
+            stale: None,
+        };
         let Some(bytes) = bytes else {
             self.inner.stats.miss();
-            return Ok(Found::Nothing);
+            return Ok(nothing);
         };
         let decoded = match self.decode_quiet(&bytes) {
             Ok(decoded) => decoded,
             Err(why) => {
                 self.inner.stats.invalid_entry(&why);
                 self.inner.stats.miss();
-                return Ok(Found::Nothing);
+                return Ok(nothing);
             }
         };
-        let copy = match &decoded.found {
-            Found::Value(v) => Some(Some(Arc::clone(v))),
-            Found::Absent => Some(None),
-            Found::Nothing => None,
-        };
-        if let Some(copy) = copy {
-            let now = envelope::unix_ms(std::time::SystemTime::now());
-            let fresh_for = Duration::from_millis(decoded.fresh_until_ms.saturating_sub(now));
-            l1.fill(
-                skey,
-                ticket,
-                copy,
-                decoded.size,
-                self.l1_fresh_for(fresh_for),
-            );
+        let now = envelope::now_ms();
+        match self.inner.policy.age(decoded.stamp, now) {
+            Age::Fresh => {}
+            age @ (Age::Stale | Age::Fallback) if stale_ok => {
+                if let Found::Value(value) = decoded.found {
+                    return Ok(Read {
+                        found: Found::Nothing,
+                        stamp: None,
+                        stale: Some(StaleCopy {
+                            value,
+                            bytes,
+                            stamp: decoded.stamp,
+                            age,
+                        }),
+                    });
+                }
+                self.inner.stats.miss();
+                return Ok(nothing);
+            }
+            _ => {
+                self.inner.stats.miss();
+                return Ok(nothing);
+            }
+        }
+        if let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket) {
+            let copy = match &decoded.found {
+                Found::Value(v) => Some(Some(Arc::clone(v))),
+                Found::Absent => Some(None),
+                Found::Nothing => None,
+            };
+            if let Some(copy) = copy {
+                let fresh_for =
+                    Duration::from_millis(decoded.stamp.fresh_until_ms.saturating_sub(now));
+                l1.fill(
+                    skey,
+                    ticket,
+                    copy,
+                    decoded.size,
+                    self.l1_fresh_for(fresh_for),
+                    decoded.stamp,
+                );
+            }
         }
         match decoded.found {
             Found::Value(_) => self.inner.stats.hit(),
             Found::Absent if absent_is_hit => self.inner.stats.hit(),
             Found::Absent | Found::Nothing => self.inner.stats.miss(),
         }
-        Ok(decoded.found)
+        Ok(Read {
+            found: decoded.found,
+            stamp: Some(decoded.stamp),
+            stale: None,
+        })
     }
 
-    /// Decodes stored bytes, counting the hit or miss and any invalid entry.
+    /// Decodes stored bytes, counting the hit or miss and any invalid
+    /// entry. Only a fresh entry is found.
     fn decode(&self, bytes: Option<&[u8]>, absent_is_hit: bool) -> Found<V> {
+        let now = envelope::now_ms();
         let found = match bytes.map(|b| self.decode_quiet(b)) {
             None => Found::Nothing,
-            Some(Ok(decoded)) => decoded.found,
+            Some(Ok(decoded)) if self.inner.policy.age(decoded.stamp, now) == Age::Fresh => {
+                decoded.found
+            }
+            Some(Ok(_)) => Found::Nothing,
             Some(Err(why)) => {
                 self.inner.stats.invalid_entry(&why);
                 Found::Nothing
@@ -792,7 +720,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         found
     }
 
-    fn decode_quiet(&self, bytes: &[u8]) -> Result<Decoded<V>, InvalidEntry> {
+    pub(crate) fn decode_quiet(&self, bytes: &[u8]) -> Result<Decoded<V>, InvalidEntry> {
         let entry = envelope::decode(bytes)?;
         let found = if entry.meta.is_negative() {
             Found::Absent
@@ -805,7 +733,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         };
         Ok(Decoded {
             found,
-            fresh_until_ms: entry.meta.fresh_until_ms,
+            stamp: Stamp::from(entry.meta),
             size: bytes.len(),
         })
     }
@@ -818,15 +746,26 @@ impl<V: Value, C: Codec> Cache<V, C> {
         value: &V,
         bytes: Bytes,
         ttl: Ttl,
+        kept_for: Ttl,
     ) -> Result<(), Error> {
         let size = bytes.len();
+        let stamp = envelope::decode(&bytes)
+            .map(|e| Stamp::from(e.meta))
+            .unwrap_or_default();
         let ticket = self.inner.l1.as_ref().map(|l1| l1.ticket(skey));
-        let written = self.write(skey, bytes, ttl).await;
+        let written = self.write(skey, bytes, kept_for).await;
         if let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket) {
             match &written {
                 Ok(()) => {
                     let fresh_for = self.l1_fresh_for(ttl.get());
-                    l1.put(skey, ticket, Some(Arc::new(value.clone())), size, fresh_for);
+                    l1.put(
+                        skey,
+                        ticket,
+                        Some(Arc::new(value.clone())),
+                        size,
+                        fresh_for,
+                        stamp,
+                    );
                 }
                 Err(_) => l1.invalidate(skey),
             }
@@ -851,7 +790,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// How long an L1 copy of an entry fresh for `fresh_for` may live: while
     /// the backplane is down, at most one lease (it could miss an
     /// invalidation).
-    fn l1_fresh_for(&self, fresh_for: Duration) -> Duration {
+    pub(crate) fn l1_fresh_for(&self, fresh_for: Duration) -> Duration {
         match &self.inner.coherence {
             Some(c) if !c.backplane.health().is_healthy() => {
                 fresh_for.min(c.backplane.health().lease)
@@ -864,7 +803,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// this process) to drop their copies. In read-your-writes mode, and
     /// when `wait` is set, returns only once they have (see
     /// [`Backplane`]).
-    async fn announce(&self, change: Change<'_>, wait: bool) -> Result<(), Error> {
+    pub(crate) async fn announce(&self, change: Change<'_>, wait: bool) -> Result<(), Error> {
         let Some(c) = &self.inner.coherence else {
             return Ok(());
         };
@@ -878,9 +817,22 @@ impl<V: Value, C: Codec> Cache<V, C> {
         }
     }
 
-    fn encode(&self, value: Option<&V>, ttl: Ttl) -> Result<Bytes, Error> {
-        let flags = if value.is_some() { 0 } else { flags::NEGATIVE };
-        let bytes = envelope::encode(Meta::new(flags, ttl.get()), |out| match value {
+    /// Encodes an entry fresh for `ttl`, produced by a load of `load_us`
+    /// (0: not loaded). Returns the bytes and how long the store must keep
+    /// them: the TTL plus the stale windows (values only; a cached "not
+    /// found" is never served stale).
+    pub(crate) fn encode(
+        &self,
+        value: Option<&V>,
+        ttl: Ttl,
+        load_us: u32,
+    ) -> Result<(Bytes, Ttl), Error> {
+        let (flags, kept) = match value {
+            Some(_) => (0, self.inner.policy.retention()),
+            None => (flags::NEGATIVE, Duration::ZERO),
+        };
+        let meta = Meta::with_stale(flags, ttl.get(), kept, load_us);
+        let bytes = envelope::encode(meta, |out| match value {
             Some(v) => self.inner.codec.encode(v, out),
             None => Ok(()),
         })
@@ -895,7 +847,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 max: self.inner.max_value_bytes,
             });
         }
-        Ok(Bytes::from(bytes))
+        Ok((Bytes::from(bytes), ttl.saturating_add(kept)))
     }
 
     /// How full the L1 tier is (`None` without one).
@@ -938,7 +890,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

@@ -13,15 +13,23 @@
 //!               bit 1 COMPRESSED (reserved); other bits must be 0
 //!      4     8  created_at   unix ms, u64 little endian
 //!     12     8  fresh_until  unix ms: served as fresh until then
-//!     20     8  stale_until  unix ms: usable as a stale fallback until then
+//!     20     8  stale_until  unix ms: kept as a stale fallback until then
+//!                            (stale-while-revalidate, fail-safe)
 //!     28     2  extensions length E, u16 LE
 //!     30     E  extensions: records of [type u8][len u16 LE][len bytes]
 //!   30+E     4  payload length P, u32 LE
 //!   34+E     P  payload: the value as written by the codec (JSON by default)
 //! ```
 //!
-//! Extensions are the room later capabilities need (an entry version for
-//! fenced fills, tags, the last load's duration for early refresh). A type
+//! Extensions are the room later capabilities need. Defined so far:
+//!
+//! ```text
+//! type  len  field
+//! 0x01    4  load_us: the load that produced the value took this many
+//!            microseconds (u32 LE), for early refresh; absent when unknown
+//! ```
+//!
+//! A type
 //! with the high bit set is *critical*: a reader that does not know it must
 //! treat the entry as unreadable, because ignoring it could serve a value
 //! that should not be served (say, one whose tag was invalidated). Unknown
@@ -54,6 +62,13 @@ pub(crate) mod flags {
 
 /// Extension types with the high bit set must be understood to read the entry.
 const CRITICAL: u8 = 0x80;
+/// Extension: the duration of the load that produced the value.
+const EXT_LOAD_US: u8 = 0x01;
+
+/// The leading bytes that tell one written entry from another (magic,
+/// version, flags, created_at, fresh_until): what a lease claim compares to
+/// know whether the entry changed since it was read.
+pub(crate) const IDENTITY_BYTES: usize = 20;
 
 /// Why stored bytes could not be read as an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -89,18 +104,30 @@ pub(crate) struct Meta {
     pub(crate) created_at_ms: u64,
     pub(crate) fresh_until_ms: u64,
     pub(crate) stale_until_ms: u64,
+    /// How long the load that produced the value took (µs); 0 if unknown.
+    pub(crate) load_us: u32,
 }
 
 impl Meta {
-    /// Header for an entry written now that lives for `ttl`.
+    /// Header for an entry written now that is fresh for `ttl`, with no
+    /// stale window.
+    #[cfg(test)]
     pub(crate) fn new(flags: u8, ttl: Duration) -> Meta {
+        Meta::with_stale(flags, ttl, Duration::ZERO, 0)
+    }
+
+    /// Header for an entry written now, fresh for `ttl` and then kept
+    /// `stale` longer as a fallback; `load_us` as in [`Meta::load_us`].
+    pub(crate) fn with_stale(flags: u8, ttl: Duration, stale: Duration, load_us: u32) -> Meta {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let now = unix_ms(SystemTime::now());
-        let until = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let fresh_until = now.saturating_add(ms(ttl));
         Meta {
             flags,
             created_at_ms: now,
-            fresh_until_ms: until,
-            stale_until_ms: until,
+            fresh_until_ms: fresh_until,
+            stale_until_ms: fresh_until.saturating_add(ms(stale)),
+            load_us,
         }
     }
 
@@ -131,7 +158,14 @@ pub(crate) fn encode<E>(
     out.extend_from_slice(&meta.created_at_ms.to_le_bytes());
     out.extend_from_slice(&meta.fresh_until_ms.to_le_bytes());
     out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes()); // no extensions yet
+    if meta.load_us == 0 {
+        out.extend_from_slice(&0u16.to_le_bytes());
+    } else {
+        out.extend_from_slice(&7u16.to_le_bytes());
+        out.push(EXT_LOAD_US);
+        out.extend_from_slice(&4u16.to_le_bytes());
+        out.extend_from_slice(&meta.load_us.to_le_bytes());
+    }
     let len_at = out.len();
     out.extend_from_slice(&0u32.to_le_bytes());
     write_payload(&mut out)?;
@@ -156,11 +190,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<EntryRef<'_>, InvalidEntry> {
     if flags & !flags::KNOWN != 0 {
         return Err(InvalidEntry::UnknownFlags(flags));
     }
-    let meta = Meta {
+    let mut meta = Meta {
         flags,
         created_at_ms: r.u64()?,
         fresh_until_ms: r.u64()?,
         stale_until_ms: r.u64()?,
+        load_us: 0,
     };
     let ext_len = usize::from(r.u16()?);
     let mut ext = Reader {
@@ -170,8 +205,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<EntryRef<'_>, InvalidEntry> {
     while ext.at < ext.bytes.len() {
         let kind = ext.u8()?;
         let len = usize::from(ext.u16()?);
-        ext.take(len)?;
-        if kind & CRITICAL != 0 {
+        let body = ext.take(len)?;
+        if kind == EXT_LOAD_US {
+            let bytes: [u8; 4] = body.try_into().map_err(|_| InvalidEntry::Truncated)?;
+            meta.load_us = u32::from_le_bytes(bytes);
+        } else if kind & CRITICAL != 0 {
             return Err(InvalidEntry::UnknownCriticalExtension(kind));
         }
     }
@@ -217,6 +255,22 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A copy of the entry `bytes` with its freshness moved to `fresh_until_ms`
+/// (the fail-safe re-serves a stale value as fresh for a throttle period);
+/// `None` if the bytes are not an entry.
+pub(crate) fn refreshed_until(bytes: &[u8], fresh_until_ms: u64) -> Option<Vec<u8>> {
+    decode(bytes).ok()?;
+    let mut out = bytes.to_vec();
+    out.get_mut(12..20)?
+        .copy_from_slice(&fresh_until_ms.to_le_bytes());
+    Some(out)
+}
+
+/// The current time in Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -246,6 +300,25 @@ mod tests {
         assert_eq!(entry.meta.fresh_until_ms - entry.meta.created_at_ms, 60_000);
         let neg = sample(flags::NEGATIVE, b"");
         assert!(decode(&neg).map(|e| e.meta.is_negative()).unwrap_or(false));
+    }
+
+    #[test]
+    fn load_duration_and_stale_window_round_trip() {
+        let meta = Meta::with_stale(0, Duration::from_secs(1), Duration::from_secs(9), 1234);
+        let bytes = encode::<()>(meta, |out| {
+            out.push(b'1');
+            Ok(())
+        })
+        .unwrap_or_default();
+        let entry = decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(entry.meta, meta);
+        assert_eq!(entry.meta.stale_until_ms - entry.meta.fresh_until_ms, 9_000);
+        let moved = refreshed_until(&bytes, 42).unwrap_or_default();
+        let entry = decode(&moved).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(entry.meta.fresh_until_ms, 42);
+        assert_eq!(entry.meta.load_us, 1234);
+        assert_eq!(entry.payload, b"1");
+        assert!(refreshed_until(b"not an entry", 1).is_none());
     }
 
     #[test]
@@ -287,7 +360,7 @@ mod tests {
             b.splice(30..30, rec);
             b
         };
-        assert_eq!(decode(&with_ext(0x01)).map(|e| e.payload), Ok(&b"7"[..]));
+        assert_eq!(decode(&with_ext(0x02)).map(|e| e.payload), Ok(&b"7"[..]));
         assert_eq!(
             decode(&with_ext(0x81)),
             Err(InvalidEntry::UnknownCriticalExtension(0x81))

@@ -76,6 +76,16 @@ pub enum Error {
         /// The panic payload, when it was a string.
         message: String,
     },
+    /// The load passed the hard timeout
+    /// ([`CacheBuilder::hard_timeout`](crate::CacheBuilder::hard_timeout))
+    /// and was abandoned; no stale value was at hand.
+    #[error("load for namespace `{namespace}` passed its hard timeout of {after:?}")]
+    LoadTimeout {
+        /// The namespace of the cache.
+        namespace: String,
+        /// The hard timeout.
+        after: Duration,
+    },
     /// The load task was dropped before it finished (its runtime shut down).
     #[error("load for namespace `{namespace}` was abandoned before it finished")]
     LoadAbandoned {
@@ -114,7 +124,10 @@ impl Error {
     pub fn is_load_error(&self) -> bool {
         matches!(
             self,
-            Error::Load { .. } | Error::LoaderPanicked { .. } | Error::LoadAbandoned { .. }
+            Error::Load { .. }
+                | Error::LoaderPanicked { .. }
+                | Error::LoadAbandoned { .. }
+                | Error::LoadTimeout { .. }
         )
     }
 

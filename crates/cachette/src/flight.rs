@@ -32,6 +32,8 @@ use tokio::sync::watch;
 pub(crate) enum Failure {
     Loader(Arc<dyn StdError + Send + Sync + 'static>),
     Panicked(String),
+    /// The load passed the hard timeout and was abandoned.
+    TimedOut(std::time::Duration),
 }
 
 /// What every waiter of a flight receives.

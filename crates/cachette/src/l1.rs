@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::sync::Cache as Moka;
 
+use crate::policy::Stamp;
+
 /// Lock stripes: enough that unrelated keys rarely share one (a shared
 /// stripe only costs an occasional skipped fill), few enough to lock all of
 /// them for a namespace-wide invalidation.
@@ -55,6 +57,8 @@ pub struct L1Usage {
 #[derive(Debug)]
 pub(crate) struct Slot<V> {
     pub(crate) value: Option<Arc<V>>,
+    /// The copied entry's times, for early refresh.
+    pub(crate) stamp: Stamp,
     weight: u32,
     ttl: Duration,
 }
@@ -63,6 +67,7 @@ impl<V> Clone for Slot<V> {
     fn clone(&self) -> Self {
         Slot {
             value: self.value.clone(),
+            stamp: self.stamp,
             weight: self.weight,
             ttl: self.ttl,
         }
@@ -165,8 +170,9 @@ impl<V: Send + Sync + 'static> L1<V> {
         value: Option<Arc<V>>,
         size: usize,
         fresh_for: Duration,
+        stamp: Stamp,
     ) -> bool {
-        let Some(slot) = self.slot(value, size, fresh_for) else {
+        let Some(slot) = self.slot(value, size, fresh_for, stamp) else {
             return false;
         };
         let seq = self.lock(ticket.stripe);
@@ -190,8 +196,9 @@ impl<V: Send + Sync + 'static> L1<V> {
         value: Option<Arc<V>>,
         size: usize,
         fresh_for: Duration,
+        stamp: Stamp,
     ) {
-        let slot = self.slot(value, size, fresh_for);
+        let slot = self.slot(value, size, fresh_for, stamp);
         let mut seq = self.lock(ticket.stripe);
         let undisturbed = self.undisturbed(*seq, ticket);
         *seq += 1;
@@ -224,7 +231,13 @@ impl<V: Send + Sync + 'static> L1<V> {
         drop(guards);
     }
 
-    fn slot(&self, value: Option<Arc<V>>, size: usize, fresh_for: Duration) -> Option<Slot<V>> {
+    fn slot(
+        &self,
+        value: Option<Arc<V>>,
+        size: usize,
+        fresh_for: Duration,
+        stamp: Stamp,
+    ) -> Option<Slot<V>> {
         if size > self.config.max_entry_bytes {
             return None;
         }
@@ -233,7 +246,12 @@ impl<V: Send + Sync + 'static> L1<V> {
             return None;
         }
         let weight = u32::try_from(size as u64 + ENTRY_OVERHEAD).unwrap_or(u32::MAX);
-        Some(Slot { value, weight, ttl })
+        Some(Slot {
+            value,
+            stamp,
+            weight,
+            ttl,
+        })
     }
 
     /// Entries and their weighed bytes, after pending evictions ran.
@@ -267,10 +285,24 @@ mod tests {
         let l1 = l1();
         let ticket = l1.ticket("k");
         l1.invalidate("k");
-        assert!(!l1.fill("k", ticket, v("old"), 3, Duration::from_secs(5)));
+        assert!(!l1.fill(
+            "k",
+            ticket,
+            v("old"),
+            3,
+            Duration::from_secs(5),
+            Stamp::default()
+        ));
         assert!(l1.get("k").is_none());
         let ticket = l1.ticket("k");
-        assert!(l1.fill("k", ticket, v("new"), 3, Duration::from_secs(5)));
+        assert!(l1.fill(
+            "k",
+            ticket,
+            v("new"),
+            3,
+            Duration::from_secs(5),
+            Stamp::default()
+        ));
         assert_eq!(
             l1.get("k")
                 .and_then(|s| s.value)
@@ -284,8 +316,22 @@ mod tests {
     fn a_fill_after_a_put_or_a_flush_is_refused() {
         let l1 = l1();
         let ticket = l1.ticket("k");
-        l1.put("k", l1.ticket("k"), v("written"), 7, Duration::from_secs(5));
-        assert!(!l1.fill("k", ticket, v("old"), 3, Duration::from_secs(5)));
+        l1.put(
+            "k",
+            l1.ticket("k"),
+            v("written"),
+            7,
+            Duration::from_secs(5),
+            Stamp::default(),
+        );
+        assert!(!l1.fill(
+            "k",
+            ticket,
+            v("old"),
+            3,
+            Duration::from_secs(5),
+            Stamp::default()
+        ));
         assert_eq!(
             l1.get("k")
                 .and_then(|s| s.value)
@@ -295,7 +341,14 @@ mod tests {
         );
         let ticket = l1.ticket("other");
         l1.invalidate_all();
-        assert!(!l1.fill("other", ticket, v("old"), 3, Duration::from_secs(5)));
+        assert!(!l1.fill(
+            "other",
+            ticket,
+            v("old"),
+            3,
+            Duration::from_secs(5),
+            Stamp::default()
+        ));
         assert!(l1.get("k").is_none());
     }
 
@@ -303,14 +356,35 @@ mod tests {
     fn a_put_after_an_invalidation_drops_the_copy() {
         let l1 = l1();
         let t = l1.ticket("k");
-        assert!(l1.fill("k", t, v("old"), 3, Duration::from_secs(5)));
+        assert!(l1.fill(
+            "k",
+            t,
+            v("old"),
+            3,
+            Duration::from_secs(5),
+            Stamp::default()
+        ));
         // Our write is on its way to the store; another instance's later
         // write is announced before our reply arrives.
         let before_write = l1.ticket("k");
         l1.invalidate("k");
-        l1.put("k", before_write, v("ours"), 4, Duration::from_secs(5));
+        l1.put(
+            "k",
+            before_write,
+            v("ours"),
+            4,
+            Duration::from_secs(5),
+            Stamp::default(),
+        );
         assert!(l1.get("k").is_none(), "ours may be the older value");
-        l1.put("k", l1.ticket("k"), v("ours"), 4, Duration::from_secs(5));
+        l1.put(
+            "k",
+            l1.ticket("k"),
+            v("ours"),
+            4,
+            Duration::from_secs(5),
+            Stamp::default(),
+        );
         assert!(l1.get("k").is_some());
     }
 
@@ -318,16 +392,30 @@ mod tests {
     fn large_values_and_expired_entries_stay_out() {
         let l1 = l1();
         let t = l1.ticket("big");
-        assert!(!l1.fill("big", t, v("x"), 1_001, Duration::from_secs(5)));
+        assert!(!l1.fill(
+            "big",
+            t,
+            v("x"),
+            1_001,
+            Duration::from_secs(5),
+            Stamp::default()
+        ));
         let t = l1.ticket("stale");
-        assert!(!l1.fill("stale", t, v("x"), 1, Duration::ZERO));
+        assert!(!l1.fill("stale", t, v("x"), 1, Duration::ZERO, Stamp::default()));
     }
 
     #[test]
     fn copies_never_outlive_their_freshness_or_the_cap() {
         let l1 = l1();
         let t = l1.ticket("short");
-        assert!(l1.fill("short", t, v("x"), 1, Duration::from_millis(30)));
+        assert!(l1.fill(
+            "short",
+            t,
+            v("x"),
+            1,
+            Duration::from_millis(30),
+            Stamp::default()
+        ));
         assert!(l1.get("short").is_some());
         std::thread::sleep(Duration::from_millis(60));
         assert!(
@@ -340,7 +428,7 @@ mod tests {
             max_entry_bytes: 1_000,
         });
         let t = capped.ticket("k");
-        assert!(capped.fill("k", t, v("x"), 1, Duration::from_secs(60)));
+        assert!(capped.fill("k", t, v("x"), 1, Duration::from_secs(60), Stamp::default()));
         std::thread::sleep(Duration::from_millis(60));
         assert!(capped.get("k").is_none(), "expired with the cap");
     }

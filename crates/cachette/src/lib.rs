@@ -79,7 +79,10 @@ mod error;
 mod flight;
 mod key;
 mod l1;
+mod load;
 mod loader;
+mod policy;
+mod signal;
 mod stats;
 mod ttl;
 
@@ -88,7 +91,8 @@ pub mod store;
 
 pub use crate::backplane::{Backplane, BackplaneConfig, BackplaneStats};
 pub use crate::builder::{
-    CacheBuilder, DEFAULT_L1_MAX_ENTRY_BYTES, DEFAULT_L1_TTL, DEFAULT_MAX_VALUE_BYTES,
+    CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_L1_MAX_ENTRY_BYTES, DEFAULT_L1_TTL,
+    DEFAULT_LEASE_TTL, DEFAULT_LEASE_WAIT, DEFAULT_MAX_VALUE_BYTES,
 };
 pub use crate::cache::{Cache, NotFound, Value};
 pub use crate::codec::{Codec, Json};

@@ -11,6 +11,12 @@
 //! |---|---|
 //! | `cachette_requests_total` | `namespace`, `result` = `hit` (with `tier` = `l1` / `l2`) / `miss` |
 //! | `cachette_invalidations_total` | `namespace`, `direction` = `sent` / `received` (backplane) |
+//! | `cachette_stale_served_total` | `namespace`, `reason` = `revalidating` / `fail_safe` |
+//! | `cachette_refreshes_total` | `namespace` (background refreshes started: stale or early) |
+//! | `cachette_load_waits_total` | `namespace` (callers that waited for a load) |
+//! | `cachette_lease_waits_total` | `namespace` (loads that waited for another caller's lease) |
+//! | `cachette_fills_refused_total` | `namespace` (fills refused: a write ended their lease) |
+//! | `cachette_load_timeouts_total` | `namespace`, `kind` = `soft` / `hard` |
 //! | `cachette_loads_total` | `namespace` |
 //! | `cachette_load_errors_total` | `namespace` |
 //! | `cachette_invalid_entries_total` | `namespace` |
@@ -55,6 +61,25 @@ pub struct Stats {
     /// Announcements from other instances (or other caches of this
     /// namespace in this process) that dropped L1 copies here.
     pub invalidations_received: u64,
+    /// Reads served a stale value at once while one refresh ran
+    /// (stale-while-revalidate). Not counted in `hits`.
+    pub stale_hits: u64,
+    /// Callers served a stale value because their load failed or passed
+    /// the soft timeout (fail-safe). Not counted in `hits`.
+    pub fail_safe_hits: u64,
+    /// Background refreshes started (a stale read, or early refresh).
+    pub refreshes: u64,
+    /// Callers that waited for a load (theirs or another caller's).
+    pub load_waits: u64,
+    /// Loads that waited for another caller's lease (another process, or
+    /// another cache on the same store) instead of loading.
+    pub lease_waits: u64,
+    /// Loaded values not stored because a write or delete of the key ended
+    /// their lease meanwhile (the value may predate the write).
+    pub fills_refused: u64,
+    /// Callers that stopped waiting at the soft timeout (and got a stale
+    /// value) or the hard timeout (and got an error).
+    pub load_timeouts: u64,
 }
 
 impl Stats {
@@ -90,9 +115,23 @@ impl Event {
     }
     /// `cachette_invalidations_total{namespace, direction}`.
     fn invalidations(namespace: &str, direction: &'static str) -> Event {
+        Event::labelled(
+            "cachette_invalidations_total",
+            namespace,
+            "direction",
+            direction,
+        )
+    }
+    /// `name{namespace, label=value}`.
+    fn labelled(
+        name: &'static str,
+        namespace: &str,
+        label: &'static str,
+        value: &'static str,
+    ) -> Event {
         Event {
             count: AtomicU64::new(0),
-            metric: metrics::counter!("cachette_invalidations_total", "namespace" => namespace.to_owned(), "direction" => direction),
+            metric: metrics::counter!(name, "namespace" => namespace.to_owned(), label => value),
         }
     }
     /// `cachette_requests_total{namespace, result="hit", tier}`.
@@ -125,6 +164,14 @@ pub(crate) struct Recorder {
     store_errors: Event,
     invalidations_sent: Event,
     invalidations_received: Event,
+    stale_hits: Event,
+    fail_safe_hits: Event,
+    refreshes: Event,
+    load_waits: Event,
+    lease_waits: Event,
+    fills_refused: Event,
+    soft_timeouts: Event,
+    hard_timeouts: Event,
     load_duration: Histogram,
     /// False after a store error until the next success, so an outage is
     /// logged once when it starts and once when it ends, not per call.
@@ -144,6 +191,34 @@ impl Recorder {
             store_errors: Event::new("cachette_store_errors_total", namespace, None),
             invalidations_sent: Event::invalidations(namespace, "sent"),
             invalidations_received: Event::invalidations(namespace, "received"),
+            stale_hits: Event::labelled(
+                "cachette_stale_served_total",
+                namespace,
+                "reason",
+                "revalidating",
+            ),
+            fail_safe_hits: Event::labelled(
+                "cachette_stale_served_total",
+                namespace,
+                "reason",
+                "fail_safe",
+            ),
+            refreshes: Event::new("cachette_refreshes_total", namespace, None),
+            load_waits: Event::new("cachette_load_waits_total", namespace, None),
+            lease_waits: Event::new("cachette_lease_waits_total", namespace, None),
+            fills_refused: Event::new("cachette_fills_refused_total", namespace, None),
+            soft_timeouts: Event::labelled(
+                "cachette_load_timeouts_total",
+                namespace,
+                "kind",
+                "soft",
+            ),
+            hard_timeouts: Event::labelled(
+                "cachette_load_timeouts_total",
+                namespace,
+                "kind",
+                "hard",
+            ),
             load_duration: metrics::histogram!("cachette_load_duration_seconds", "namespace" => namespace.to_owned()),
             store_healthy: AtomicBool::new(true),
         }
@@ -167,6 +242,30 @@ impl Recorder {
     }
     pub(crate) fn invalidation_received(&self) {
         self.invalidations_received.add(1);
+    }
+    pub(crate) fn stale_hit(&self) {
+        self.stale_hits.add(1);
+    }
+    pub(crate) fn fail_safe_hit(&self) {
+        self.fail_safe_hits.add(1);
+    }
+    pub(crate) fn refresh(&self) {
+        self.refreshes.add(1);
+    }
+    pub(crate) fn load_wait(&self) {
+        self.load_waits.add(1);
+    }
+    pub(crate) fn lease_wait(&self) {
+        self.lease_waits.add(1);
+    }
+    pub(crate) fn fill_refused(&self) {
+        self.fills_refused.add(1);
+    }
+    pub(crate) fn soft_timeout(&self) {
+        self.soft_timeouts.add(1);
+    }
+    pub(crate) fn hard_timeout(&self) {
+        self.hard_timeouts.add(1);
     }
     pub(crate) fn load_error(&self) {
         self.load_errors.add(1);
@@ -200,6 +299,13 @@ impl Recorder {
             store_errors: self.store_errors.get(),
             invalidations_sent: self.invalidations_sent.get(),
             invalidations_received: self.invalidations_received.get(),
+            stale_hits: self.stale_hits.get(),
+            fail_safe_hits: self.fail_safe_hits.get(),
+            refreshes: self.refreshes.get(),
+            load_waits: self.load_waits.get(),
+            lease_waits: self.lease_waits.get(),
+            fills_refused: self.fills_refused.get(),
+            load_timeouts: self.soft_timeouts.get() + self.hard_timeouts.get(),
         }
     }
 }

@@ -61,6 +61,11 @@ impl Ttl {
         u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX).max(1)
     }
 
+    /// This TTL lengthened by `extra`, at most [`Ttl::MAX`].
+    pub(crate) fn saturating_add(self, extra: Duration) -> Ttl {
+        Ttl(self.0.saturating_add(extra).min(Ttl::MAX))
+    }
+
     /// This TTL shortened by a random fraction of at most `jitter` (0.0–1.0).
     pub(crate) fn jittered(self, jitter: f64) -> Ttl {
         if jitter <= 0.0 {

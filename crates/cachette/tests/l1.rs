@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cachette::store::{Store, StoreEntry, StoreError, StoreKind};
+use cachette::store::{Claim, LeaseToken, Store, StoreEntry, StoreError, StoreKind};
 use cachette::{Cache, Ttl};
 use cachette_test::{Fixture, for_each_store};
 use tokio::sync::Notify;
@@ -64,6 +64,35 @@ impl Store for Observed {
     }
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.inner.delete(key).await
+    }
+    async fn claim(
+        &self,
+        key: &str,
+        seen: Option<&[u8]>,
+        token: &LeaseToken,
+        ttl: Ttl,
+    ) -> Result<Claim, StoreError> {
+        self.inner.claim(key, seen, token, ttl).await
+    }
+    async fn fill(
+        &self,
+        key: &str,
+        token: &LeaseToken,
+        value: Bytes,
+        ttl: Ttl,
+    ) -> Result<bool, StoreError> {
+        self.inner.fill(key, token, value, ttl).await
+    }
+    async fn extend_lease(
+        &self,
+        key: &str,
+        token: &LeaseToken,
+        ttl: Ttl,
+    ) -> Result<bool, StoreError> {
+        self.inner.extend_lease(key, token, ttl).await
+    }
+    async fn release_lease(&self, key: &str, token: &LeaseToken) -> Result<bool, StoreError> {
+        self.inner.release_lease(key, token).await
     }
 }
 

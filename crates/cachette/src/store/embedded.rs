@@ -11,7 +11,16 @@
 //! figures), so the budget bounds resident memory, not just payload bytes.
 //! moka evicts lazily, in batches during later calls: the weighted size can
 //! pass the budget briefly between two maintenance runs.
+//!
+//! Fill leases live beside the entries, in lock stripes: a claim, a fill
+//! and every write of a key take its stripe's lock, so "check the token,
+//! then store" cannot interleave with a write — the same guarantee the
+//! Redis store gets from running each lease operation as one script.
 
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,6 +28,7 @@ use bytes::Bytes;
 use moka::Expiry;
 use moka::sync::Cache as MokaCache;
 
+use super::lease::{Claim, Lease, LeaseToken, changed_since};
 use super::{Store, StoreEntry, StoreError, StoreKind};
 use crate::Ttl;
 
@@ -62,7 +72,50 @@ impl Expiry<String, Slot> for PerEntryTtl {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     entries: MokaCache<String, Slot>,
+    leases: Arc<Leases>,
     max_bytes: u64,
+}
+
+/// Lease stripes: unrelated keys rarely share one.
+const LEASE_STRIPES: usize = 64;
+
+/// The fill leases, by key, in lock stripes.
+struct Leases {
+    stripes: Box<[Mutex<HashMap<String, Held>>]>,
+    hasher: RandomState,
+}
+
+/// A lease: its holder's token and when it runs out.
+struct Held {
+    token: LeaseToken,
+    until: Instant,
+}
+
+impl Leases {
+    fn new() -> Leases {
+        Leases {
+            stripes: (0..LEASE_STRIPES)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The stripe of `key`, locked: lease checks and the entry writes they
+    /// guard happen under it.
+    fn lock(&self, key: &str) -> MutexGuard<'_, HashMap<String, Held>> {
+        let stripe = (self.hasher.hash_one(key) as usize) % LEASE_STRIPES;
+        // The map stays consistent across a panic (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// True if `token` holds the unexpired lease in `held`.
+fn holds(held: Option<&Held>, token: &LeaseToken, now: Instant) -> bool {
+    held.is_some_and(|h| h.token == *token && h.until > now)
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -103,7 +156,11 @@ impl EmbeddedStore {
             })
             .expire_after(PerEntryTtl)
             .build();
-        EmbeddedStore { entries, max_bytes }
+        EmbeddedStore {
+            entries,
+            leases: Arc::new(Leases::new()),
+            max_bytes,
+        }
     }
 
     /// The byte budget.
@@ -162,21 +219,112 @@ impl Store for EmbeddedStore {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock(key);
+        leases.remove(key);
         self.insert(key.to_owned(), value, ttl);
         Ok(())
     }
 
     async fn set_many(&self, entries: &[StoreEntry]) -> Result<(), StoreError> {
         for entry in entries {
+            let mut leases = self.leases.lock(&entry.key);
+            leases.remove(&entry.key);
             self.insert(entry.key.clone(), entry.value.clone(), entry.ttl);
         }
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let mut leases = self.leases.lock(key);
+        leases.remove(key);
         Ok(self
             .entries
             .remove(key)
             .is_some_and(|slot| slot.expires_at > Instant::now()))
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        seen: Option<&[u8]>,
+        token: &LeaseToken,
+        ttl: Ttl,
+    ) -> Result<Claim, StoreError> {
+        let mut leases = self.leases.lock(key);
+        let value = self.entries.get(key).map(|slot| slot.value);
+        if changed_since(value.as_deref(), seen) {
+            return Ok(Claim {
+                value,
+                lease: Lease::Changed,
+            });
+        }
+        let now = Instant::now();
+        let lease = match leases.get(key) {
+            Some(held) if held.until > now => Lease::Held {
+                expires_in: held.until - now,
+            },
+            _ => {
+                // Leases of holders that vanished are dropped as stripes
+                // grow, so abandoned keys cannot pile up.
+                if leases.len() >= 64 {
+                    leases.retain(|_, held| held.until > now);
+                }
+                leases.insert(
+                    key.to_owned(),
+                    Held {
+                        token: token.clone(),
+                        until: now + ttl.get(),
+                    },
+                );
+                Lease::Granted
+            }
+        };
+        Ok(Claim { value, lease })
+    }
+
+    async fn fill(
+        &self,
+        key: &str,
+        token: &LeaseToken,
+        value: Bytes,
+        ttl: Ttl,
+    ) -> Result<bool, StoreError> {
+        let mut leases = self.leases.lock(key);
+        if !holds(leases.get(key), token, Instant::now()) {
+            return Ok(false);
+        }
+        leases.remove(key);
+        self.insert(key.to_owned(), value, ttl);
+        Ok(true)
+    }
+
+    async fn extend_lease(
+        &self,
+        key: &str,
+        token: &LeaseToken,
+        ttl: Ttl,
+    ) -> Result<bool, StoreError> {
+        let mut leases = self.leases.lock(key);
+        let now = Instant::now();
+        match leases.get_mut(key) {
+            Some(held) if held.token == *token && held.until > now => {
+                held.until = now + ttl.get();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release_lease(&self, key: &str, token: &LeaseToken) -> Result<bool, StoreError> {
+        let mut leases = self.leases.lock(key);
+        if holds(leases.get(key), token, Instant::now()) {
+            leases.remove(key);
+            return Ok(true);
+        }
+        // An expired lease of anyone is garbage either way.
+        if leases.get(key).is_some_and(|h| h.until <= Instant::now()) {
+            leases.remove(key);
+        }
+        Ok(false)
     }
 }

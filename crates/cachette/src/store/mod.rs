@@ -11,10 +11,11 @@
 //! * [`RedisStore`]: Redis through one multiplexed, self-reconnecting
 //!   connection, for caches shared by many processes.
 //!
-//! Capabilities that only some stores have (atomic scripts for leases,
-//! a Pub/Sub backplane, keyspace scans) will be added as trait methods with
-//! default implementations that answer "not supported", so adding one is not
-//! a breaking change and a store opts in by overriding it.
+//! Every store also keeps the fill leases of its entries ([`lease`]
+//! module): claim, fill with the token, extend, release — each one atomic
+//! in the store, and every write or delete of an entry ends its lease. That
+//! is what lets the cache load a cold key once across processes and never
+//! store a value read before a write.
 //!
 //! Values are opaque bytes here: the store never looks inside the envelope.
 
@@ -27,9 +28,11 @@ use bytes::Bytes;
 use crate::{BoxError, Ttl};
 
 mod embedded;
+pub mod lease;
 mod redis;
 
 pub use self::embedded::EmbeddedStore;
+pub use self::lease::{Claim, Lease, LeaseToken};
 pub(crate) use self::redis::classify;
 pub use self::redis::{RedisConfig, RedisStore};
 
@@ -130,4 +133,41 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// Removes `key`; true if an unexpired entry was there.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Claims the fill lease of `key` for `token`, for `ttl`, unless the
+    /// entry changed since the caller read it. `seen` is the start of the
+    /// entry the caller read (`None` if it found none): a present entry
+    /// that does not start with it is returned as [`Lease::Changed`]
+    /// instead.
+    /// One atomic round trip.
+    async fn claim(
+        &self,
+        key: &str,
+        seen: Option<&[u8]>,
+        token: &LeaseToken,
+        ttl: Ttl,
+    ) -> Result<Claim, StoreError>;
+
+    /// Stores `value` under `key` for `ttl` only if `token` still holds the
+    /// key's lease, and ends the lease; true if stored. [`Store::set`],
+    /// [`Store::set_many`] and [`Store::delete`] end a key's lease, so a
+    /// fill that lost a race with a write is refused.
+    async fn fill(
+        &self,
+        key: &str,
+        token: &LeaseToken,
+        value: Bytes,
+        ttl: Ttl,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends the lease of `key` to `ttl` from now if `token` holds it.
+    async fn extend_lease(
+        &self,
+        key: &str,
+        token: &LeaseToken,
+        ttl: Ttl,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends the lease of `key` if `token` holds it (never someone else's).
+    async fn release_lease(&self, key: &str, token: &LeaseToken) -> Result<bool, StoreError>;
 }

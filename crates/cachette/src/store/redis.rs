@@ -16,6 +16,12 @@
 //!   does.
 //!
 //! Credentials never appear in `Debug` output or in errors.
+//!
+//! Fill leases are Lua scripts (sent by SHA, loaded on `NOSCRIPT`), so each
+//! check-then-act runs atomically in Redis. An entry and its lease key share
+//! the entry's hash tag, so every script runs on Redis Cluster. Writes and
+//! deletes end the lease *before* touching the entry: a fill that slips in
+//! between finds no lease and is refused.
 
 use std::fmt;
 use std::future::Future;
@@ -28,8 +34,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::TcpSettings;
 use redis::{
     Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+    Script,
 };
 
+use super::lease::{Claim, Lease, LeaseToken, lease_key};
 use super::{Store, StoreEntry, StoreError, StoreKind};
 use crate::{BuildError, Ttl};
 
@@ -209,6 +217,66 @@ impl fmt::Debug for RedisConfig {
 pub struct RedisStore {
     conn: ConnectionManager,
     config: Arc<RedisConfig>,
+    scripts: Arc<Scripts>,
+}
+
+/// The lease scripts. KEYS[1] is the entry, KEYS[2] its lease.
+struct Scripts {
+    claim: Script,
+    fill: Script,
+    extend: Script,
+    release: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            // ARGV: token, lease ms, '1' if the caller saw an entry, the
+            // start of that entry. Returns {entry, granted, lease ms left}.
+            claim: Script::new(
+                r"
+local v = redis.call('GET', KEYS[1])
+local seen = ARGV[4]
+if v and (ARGV[3] == '0' or string.sub(v, 1, #seen) ~= seen) then
+  return {v, 0, 0}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {v, 1, 0}
+end
+return {v, 0, redis.call('PTTL', KEYS[2])}
+",
+            ),
+            // ARGV: token, value, ttl ms.
+            fill: Script::new(
+                r"
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+",
+            ),
+            // KEYS[1] is the lease. ARGV: token, ttl ms.
+            extend: Script::new(
+                r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+",
+            ),
+            // KEYS[1] is the lease. ARGV: token.
+            release: Script::new(
+                r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+            ),
+        }
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -230,6 +298,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             config: Arc::new(config),
+            scripts: Arc::new(Scripts::new()),
         })
     }
 
@@ -321,17 +390,17 @@ impl Store for RedisStore {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<(), StoreError> {
-        let value = &value[..];
-        self.run(|mut conn| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(ttl.as_millis())
-                .query_async::<()>(&mut conn)
-                .await
-        })
-        .await
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(lease_key(key)).ignore();
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(&value[..])
+            .arg("PX")
+            .arg(ttl.as_millis())
+            .ignore();
+        let pipe = &pipe;
+        self.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await
     }
 
     async fn set_many(&self, entries: &[StoreEntry]) -> Result<(), StoreError> {
@@ -340,6 +409,7 @@ impl Store for RedisStore {
         }
         let mut pipe = redis::pipe();
         for entry in entries {
+            pipe.cmd("UNLINK").arg(lease_key(&entry.key)).ignore();
             pipe.cmd("SET")
                 .arg(&entry.key)
                 .arg(&entry.value[..])
@@ -354,11 +424,96 @@ impl Store for RedisStore {
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         // UNLINK frees a large value off Redis's main thread.
-        let removed: i64 =
-            self.run(|mut conn| async move {
-                redis::cmd("UNLINK").arg(key).query_async(&mut conn).await
-            })
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(lease_key(key)).ignore();
+        pipe.cmd("UNLINK").arg(key);
+        let pipe = &pipe;
+        let (removed,): (i64,) = self
+            .run(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await?;
         Ok(removed > 0)
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        seen: Option<&[u8]>,
+        token: &LeaseToken,
+        ttl: Ttl,
+    ) -> Result<Claim, StoreError> {
+        let lease = lease_key(key);
+        let (value, granted, left): (Option<Vec<u8>>, i64, i64) = self
+            .run(|mut conn| {
+                let mut call = self.scripts.claim.key(key);
+                call.key(&lease)
+                    .arg(token.as_str())
+                    .arg(ttl.as_millis())
+                    .arg(if seen.is_some() { "1" } else { "0" })
+                    .arg(seen.unwrap_or_default());
+                async move { call.invoke_async(&mut conn).await }
+            })
+            .await?;
+        let value = value.map(Bytes::from);
+        let lease = if granted == 1 {
+            Lease::Granted
+        } else if left != 0 {
+            // -1 (no expiry) cannot happen; -2 (gone meanwhile) means free.
+            Lease::Held {
+                expires_in: Duration::from_millis(u64::try_from(left).unwrap_or(0)),
+            }
+        } else {
+            Lease::Changed
+        };
+        Ok(Claim { value, lease })
+    }
+
+    async fn fill(
+        &self,
+        key: &str,
+        token: &LeaseToken,
+        value: Bytes,
+        ttl: Ttl,
+    ) -> Result<bool, StoreError> {
+        let lease = lease_key(key);
+        let stored: i64 = self
+            .run(|mut conn| {
+                let mut call = self.scripts.fill.key(key);
+                call.key(&lease)
+                    .arg(token.as_str())
+                    .arg(&value[..])
+                    .arg(ttl.as_millis());
+                async move { call.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    async fn extend_lease(
+        &self,
+        key: &str,
+        token: &LeaseToken,
+        ttl: Ttl,
+    ) -> Result<bool, StoreError> {
+        let lease = lease_key(key);
+        let extended: i64 = self
+            .run(|mut conn| {
+                let mut call = self.scripts.extend.key(&lease);
+                call.arg(token.as_str()).arg(ttl.as_millis());
+                async move { call.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(extended == 1)
+    }
+
+    async fn release_lease(&self, key: &str, token: &LeaseToken) -> Result<bool, StoreError> {
+        let lease = lease_key(key);
+        let released: i64 = self
+            .run(|mut conn| {
+                let mut call = self.scripts.release.key(&lease);
+                call.arg(token.as_str());
+                async move { call.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(released == 1)
     }
 }
