@@ -35,11 +35,20 @@
 //! [`CacheBuilder::max_key_bytes`] (200 by default), or starting with `#`,
 //! are stored as `{#<sha256 hex>}`.
 //!
-//! # Single flight
+//! # Single flight and fill leases
 //!
-//! See the `flight` module docs in the source: one task per loading key,
-//! waiters subscribe to its outcome, and writes void an in-flight load so
-//! it cannot land a value read before the write.
+//! See the `flight` and `load` module docs in the source: one task per
+//! loading key in a process, waiters subscribe to its outcome; across
+//! processes the task claims the key's fill lease in the store
+//! ([`store::lease`]) and the others wait for its fill. Every write or
+//! delete ends the lease, so a load that read the source before the write
+//! cannot store its value after it.
+//!
+//! # Past freshness
+//!
+//! [`CacheBuilder::stale_while_revalidate`], [`CacheBuilder::early_refresh`]
+//! and [`CacheBuilder::fail_safe`] (with soft and hard load timeouts) decide
+//! what a read serves once an entry ages; see the `policy` module docs.
 //!
 //! # Example
 //!

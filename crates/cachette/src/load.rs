@@ -296,7 +296,14 @@ impl<V: Value, C: Codec> Cache<V, C> {
             },
         };
         let standing = match self
-            .claim(skey, ticket, optional, refresh, hard_deadline, &mut fallback)
+            .claim(
+                skey,
+                ticket,
+                optional,
+                refresh,
+                hard_deadline,
+                &mut fallback,
+            )
             .await
         {
             Claimed::Done(outcome) => return outcome,
@@ -478,12 +485,17 @@ impl<V: Value, C: Codec> Cache<V, C> {
                     }
                 }
                 Lease::Held { expires_in } => {
-                    // A refresh with a value to serve leaves the work to
-                    // the holder.
-                    if refresh && let Some(stale) = fallback {
+                    let now = Instant::now();
+                    // A refresh leaves the work to the holder, but stays in
+                    // flight until its fill lands (or the wait runs out):
+                    // callers keep getting the stale value meanwhile, and
+                    // no second refresh of the key starts here.
+                    if refresh
+                        && now >= deadline
+                        && let Some(stale) = fallback
+                    {
                         return Claimed::Done(Ok(Some(Arc::clone(&stale.value))));
                     }
-                    let now = Instant::now();
                     if hard_deadline.is_some_and(|hard| now >= hard) {
                         let after = policy.hard_timeout.unwrap_or_default();
                         return Claimed::Done(Err(Failure::TimedOut(after)));

@@ -374,6 +374,10 @@ async fn a_hot_key_is_refreshed_once_per_cycle_and_no_caller_waits() {
         "every load's value was stored: one load per cycle"
     );
     assert_eq!(waits, 0, "no caller waited for a load");
+    assert_eq!(
+        stale, 0,
+        "early refresh reloaded the key before it went stale"
+    );
 }
 
 /// The source is down for 30 s (`CACHETTE_OUTAGE_SECS`) while two instances
