@@ -10,15 +10,17 @@ use cachette::{Backplane, Cache, CacheBuilder, Json, Stats};
 
 use crate::db::{Database, DbError};
 use crate::product::{Product, ProductPatch, now_micros};
+use crate::read_policy::ReadPolicy;
 
-/// How long a product stays cached. Updates through this service replace
-/// it at once; the TTL bounds how long a change made behind the service's
-/// back (a manual SQL update) can go unseen.
-pub const PRODUCT_TTL: Duration = Duration::from_secs(300);
 /// How long "no such product" is remembered, so a flood of requests for
 /// missing ids does not reach the database.
 pub const NOT_FOUND_TTL: Duration = Duration::from_secs(30);
-/// How long a listing page stays cached.
+/// How long a listing page is fresh. An update through the service orphans
+/// its category's pages at once (a new generation), so this only bounds how
+/// long a change made behind the service's back goes unseen. Past it,
+/// pages are served stale and kept as a fail-safe fallback like products
+/// (see [`ReadPolicy`]): the listing query is the heavier one, and a page
+/// an hour old beats an error while the database is down.
 pub const LISTING_TTL: Duration = Duration::from_secs(60);
 /// How long a category's listing generation is kept. When it is gone a new
 /// random one is drawn, which only costs misses.
@@ -70,6 +72,8 @@ pub struct Caching {
     pub l1_bytes: u64,
     /// Keeps the L1 tiers of instances sharing a Redis coherent.
     pub backplane: Option<Backplane>,
+    /// Freshness, stale serving and timeouts of product and listing reads.
+    pub read_policy: ReadPolicy,
 }
 
 impl Caching {
@@ -120,22 +124,37 @@ impl Catalog {
     ) -> Result<Catalog, cachette::BuildError> {
         let caches = match caching {
             None => None,
-            Some(caching) => Some(Caches {
-                products: caching
-                    .tiers(Cache::builder("product"), caching.l1_bytes / 4 * 3, true)
-                    .ttl(PRODUCT_TTL)
-                    .ttl_jitter(0.1)
-                    .negative_ttl(NOT_FOUND_TTL)
-                    .build()?,
-                listings: caching
-                    .tiers(Cache::builder("listing"), caching.l1_bytes / 4, false)
-                    .ttl(LISTING_TTL)
-                    .build()?,
-                generations: caching
-                    .tiers(Cache::builder("category-generation"), 1 << 20, true)
-                    .ttl(GENERATION_TTL)
-                    .build()?,
-            }),
+            Some(caching) => {
+                let policy = caching.read_policy;
+                Some(Caches {
+                    products: policy
+                        .apply(caching.tiers(
+                            Cache::builder("product"),
+                            caching.l1_bytes / 4 * 3,
+                            true,
+                        ))
+                        .ttl(policy.product_ttl)
+                        .ttl_jitter(0.1)
+                        .negative_ttl(NOT_FOUND_TTL)
+                        .build()?,
+                    listings: policy
+                        .apply(caching.tiers(
+                            Cache::builder("listing"),
+                            caching.l1_bytes / 4,
+                            false,
+                        ))
+                        .ttl(LISTING_TTL)
+                        .build()?,
+                    // No read policy and no early refresh: the loader draws
+                    // a new random generation, so refreshing one early or
+                    // serving it stale gains nothing, and it cannot fail.
+                    generations: caching
+                        .tiers(Cache::builder("category-generation"), 1 << 20, true)
+                        .ttl(GENERATION_TTL)
+                        .early_refresh(0.0)
+                        .build()?,
+                })
+            }
         };
         Ok(Catalog {
             db,
@@ -163,7 +182,12 @@ impl Catalog {
     }
 
     /// One product: cache-aside with single flight (concurrent misses of
-    /// one id run one query) and negative caching of "not found".
+    /// one id run one query, one per fleet under the fill lease) and
+    /// negative caching of "not found". Past its TTL a product is served
+    /// stale while it is refreshed, and while the database fails its last
+    /// value is served (see [`ReadPolicy`]); only a product with no cached
+    /// value (never read, or last read more than the fail-safe's hour ago)
+    /// fails.
     pub async fn product(&self, id: i64) -> Result<Option<Arc<Product>>, CatalogError> {
         let Some(caches) = &self.caches else {
             return Ok(self.db.product(id).await?.map(Arc::new));

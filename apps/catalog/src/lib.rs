@@ -9,11 +9,13 @@
 //!
 //! - [`db`]: the database, its schema, its deterministic seed.
 //! - [`catalog`]: the operations, with and without the cache.
+//! - [`read_policy`]: how reads ride out a slow or failing database
+//!   (stale-while-revalidate, fail-safe, timeouts).
 //! - [`http`]: the HTTP contract.
 //! - [`server`]: startup (`catalog serve`).
 //! - [`load`]: the load generator (`catalog loadgen`).
-//! - [`bench`]: servers in child processes, the hot-GET benchmark and the
-//!   load report.
+//! - [`bench`]: the hot-GET benchmark and the load report (servers in
+//!   child processes), and the outage report (in process).
 
 pub mod bench;
 pub mod catalog;
@@ -21,4 +23,5 @@ pub mod db;
 pub mod http;
 pub mod load;
 pub mod product;
+pub mod read_policy;
 pub mod server;

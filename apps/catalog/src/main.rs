@@ -15,8 +15,9 @@ use clap::{Args, Parser, Subcommand};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tracing_subscriber::EnvFilter;
 
-use catalog::bench::{self, HotBench, LoadReport};
+use catalog::bench::{self, HotBench, LoadReport, OutageReport, Phases};
 use catalog::load::{self, LoadSpec};
+use catalog::read_policy::{PRODUCT_TTL, ReadPolicy};
 use catalog::server::{self, ServeConfig};
 
 #[derive(Parser)]
@@ -42,6 +43,10 @@ enum Command {
     /// The same load against a cached and a --no-cache catalog, side by side
     /// (starts both).
     LoadReport(LoadReportArgs),
+    /// Takes the database down under load and back up, with the fail-safe,
+    /// with a TTL-only cache and without a cache, and reports what readers
+    /// saw before, during and after (runs the catalogs in process).
+    OutageReport(OutageReportArgs),
     /// Hot GET /products/{id} beside a bare axum handler with the same body
     /// (starts both).
     BenchHot(BenchHotArgs),
@@ -85,9 +90,15 @@ struct ServeArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     db_connections: u32,
     /// Extra latency added to every database query, in milliseconds (to see
-    /// what the cache saves when the database is slow or far away).
+    /// what the cache saves when the database is slow or far away). Above
+    /// the 3 s hard timeout every read the cache cannot answer fails.
     #[arg(long, default_value_t = 0)]
     db_latency_ms: u64,
+    /// How long a cached product is fresh, in seconds. Past it, it is
+    /// served stale while it is refreshed, and kept as the fail-safe
+    /// fallback for an hour.
+    #[arg(long, default_value_t = PRODUCT_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    product_ttl_secs: u64,
 }
 
 #[derive(Args)]
@@ -176,6 +187,49 @@ struct LoadReportArgs {
 }
 
 #[derive(Args)]
+struct OutageReportArgs {
+    /// Products to seed (popularity falls with the id).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..=100_000_000))]
+    products: i64,
+    /// Hottest products the cached catalogs warm on start.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(0..))]
+    warm: i64,
+    /// Simulated users, each on its own keep-alive connection.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    concurrency: u64,
+    /// Offered requests/s over all connections (the same schedule for every
+    /// catalog).
+    #[arg(long, default_value_t = 2_000.0)]
+    rate: f64,
+    /// Zipf exponent of product popularity (rank = id).
+    #[arg(long, default_value_t = 0.99)]
+    zipf: f64,
+    /// Seed of the request sequence.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Unmeasured seconds of load before the first phase.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Measured seconds before the outage.
+    #[arg(long, default_value_t = 10.0)]
+    before: f64,
+    /// Seconds the database is down.
+    #[arg(long, default_value_t = 30.0)]
+    outage: f64,
+    /// Measured seconds after the database is back.
+    #[arg(long, default_value_t = 15.0)]
+    after: f64,
+    /// Product TTL of the cached catalogs during the report, in seconds
+    /// (short, so that entries expire during the outage).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    product_ttl_secs: u64,
+    /// The fail-safe catalog's stale-while-revalidate window, in seconds
+    /// (production's is a fifth of the TTL).
+    #[arg(long, default_value_t = 1.0)]
+    stale_while_revalidate_secs: f64,
+}
+
+#[derive(Args)]
 struct BenchHotArgs {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -196,13 +250,20 @@ struct BaselineArgs {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The outage report takes the database down on purpose: every read of a
+    // product with nothing cached is then a 503 logged at error level, and
+    // thousands of those lines a second would bury the report.
+    let default_filter = match cli.command {
+        Some(Command::OutageReport(_)) => "warn,catalog::http::error=off",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -219,6 +280,7 @@ fn main() -> ExitCode {
             Some(Command::Serve(args)) => serve(args).await,
             Some(Command::Loadgen(args)) => loadgen(args).await,
             Some(Command::LoadReport(args)) => load_report(args).await,
+            Some(Command::OutageReport(args)) => outage_report(args).await,
             Some(Command::BenchHot(args)) => bench_hot(args).await,
             Some(Command::Baseline(args)) => baseline(args).await,
         }
@@ -254,6 +316,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.cache_bytes = args.cache_mb * 1024 * 1024;
     config.l1_bytes = args.l1_mb * 1024 * 1024;
     config.db_connections = args.db_connections;
+    config.read_policy =
+        ReadPolicy::production().with_product_ttl(Duration::from_secs(args.product_ttl_secs));
     let ready = server::start(&config, Some(metrics))
         .await
         .map_err(|e| e.to_string())?;
@@ -302,6 +366,39 @@ async fn load_report(args: LoadReportArgs) -> Result<(), String> {
         spec: args.load.spec()?,
     };
     let out = bench::run_load_report(&this_program()?, &report)
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{out}");
+    Ok(())
+}
+
+async fn outage_report(args: OutageReportArgs) -> Result<(), String> {
+    let secs = |name: &str, v: f64| {
+        Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a number of seconds"))
+    };
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err("--rate must be a positive number".into());
+    }
+    let report = OutageReport {
+        products: args.products,
+        warm: args.warm,
+        concurrency: usize::try_from(args.concurrency).map_err(|e| e.to_string())?,
+        rate: args.rate,
+        zipf: args.zipf,
+        seed: args.seed,
+        phases: Phases {
+            warmup: secs("warmup", args.warmup)?,
+            before: secs("before", args.before)?,
+            outage: secs("outage", args.outage)?,
+            after: secs("after", args.after)?,
+        },
+        product_ttl: Duration::from_secs(args.product_ttl_secs),
+        stale_while_revalidate: secs(
+            "stale-while-revalidate-secs",
+            args.stale_while_revalidate_secs,
+        )?,
+    };
+    let out = bench::run_outage_report(&report)
         .await
         .map_err(|e| e.to_string())?;
     print!("{out}");

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::catalog::{Caching, Catalog};
 use crate::db::{Database, DbOptions, FixedLatency, QueryHook, redact};
 use crate::http::{AppState, router};
+use crate::read_policy::ReadPolicy;
 
 /// Categories the seed spreads products over.
 pub const CATEGORIES: i64 = 100;
@@ -40,8 +41,11 @@ pub struct ServeConfig {
     /// keeps the L1 tiers of all instances coherent.
     pub l1_bytes: u64,
     pub db_connections: u32,
-    /// Runs before every database query (`--db-latency`, tests).
+    /// Runs before every database query (`--db-latency`, the outage
+    /// switch, tests).
     pub db_hook: Option<Arc<dyn QueryHook>>,
+    /// Freshness, stale serving and timeouts of cached reads.
+    pub read_policy: ReadPolicy,
     /// Print the warm-up's progress line.
     pub progress: bool,
 }
@@ -58,6 +62,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("cache_bytes", &self.cache_bytes)
             .field("l1_bytes", &self.l1_bytes)
             .field("db_connections", &self.db_connections)
+            .field("db_hook", &self.db_hook.is_some())
+            .field("read_policy", &self.read_policy)
             .finish()
     }
 }
@@ -76,6 +82,7 @@ impl ServeConfig {
             l1_bytes: 64 * 1024 * 1024,
             db_connections: 8,
             db_hook: None,
+            read_policy: ReadPolicy::production(),
             progress: true,
         }
     }
@@ -157,6 +164,7 @@ pub async fn start(
                 store,
                 l1_bytes: config.l1_bytes,
                 backplane,
+                read_policy: config.read_policy,
             }),
             "redis",
         )
@@ -166,6 +174,7 @@ pub async fn start(
                 store: Arc::new(EmbeddedStore::new(config.cache_bytes)),
                 l1_bytes: config.l1_bytes,
                 backplane: None,
+                read_policy: config.read_policy,
             }),
             "embedded",
         )

@@ -223,11 +223,32 @@ async fn health_stats_and_unknown_routes() {
         assert!(s["database_queries"].as_u64().unwrap() >= 1);
         if h["cache"] != "none" {
             let p = &s["namespaces"]["product"];
-            for field in ["hits", "misses", "loads", "stale_served", "errors"] {
+            for field in [
+                "hits",
+                "l1_hits",
+                "misses",
+                "loads",
+                "stale_served",
+                "stale_hits",
+                "fail_safe_hits",
+                "refreshes",
+                "load_waits",
+                "lease_waits",
+                "fills_refused",
+                "load_timeouts",
+                "load_errors",
+                "errors",
+                "invalidations_sent",
+                "invalidations_received",
+            ] {
                 assert!(p[field].is_u64(), "{field} in {p}");
+            }
+            for namespace in ["listing", "category-generation"] {
+                assert!(s["namespaces"][namespace]["fail_safe_hits"].is_u64());
             }
             assert_eq!(p["hits"], 1);
             assert_eq!(p["misses"], 1);
+            assert_eq!(p["stale_served"], 0, "nothing expired");
             assert_eq!(p["hit_rate"], 0.5);
         }
 

@@ -257,12 +257,27 @@ impl<'a> Reader<'a> {
 
 /// A copy of the entry `bytes` with its freshness moved to `fresh_until_ms`
 /// (the fail-safe re-serves a stale value as fresh for a throttle period);
-/// `None` if the bytes are not an entry.
+/// `None` if the bytes are not an entry. Its load duration is cleared, so
+/// early refresh leaves the copy alone: the throttle period, not a draw,
+/// decides when the source is tried again.
 pub(crate) fn refreshed_until(bytes: &[u8], fresh_until_ms: u64) -> Option<Vec<u8>> {
     decode(bytes).ok()?;
     let mut out = bytes.to_vec();
     out.get_mut(12..20)?
         .copy_from_slice(&fresh_until_ms.to_le_bytes());
+    // Walk the extension records (already validated by `decode`).
+    let ext_len = usize::from(u16::from_le_bytes(out.get(28..30)?.try_into().ok()?));
+    let mut at = 30;
+    while at + 3 <= 30 + ext_len {
+        let kind = *out.get(at)?;
+        let len = usize::from(u16::from_le_bytes(
+            out.get(at + 1..at + 3)?.try_into().ok()?,
+        ));
+        if kind == EXT_LOAD_US {
+            out.get_mut(at + 3..at + 3 + len)?.fill(0);
+        }
+        at += 3 + len;
+    }
     Some(out)
 }
 
@@ -316,7 +331,10 @@ mod tests {
         let moved = refreshed_until(&bytes, 42).unwrap_or_default();
         let entry = decode(&moved).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(entry.meta.fresh_until_ms, 42);
-        assert_eq!(entry.meta.load_us, 1234);
+        assert_eq!(
+            entry.meta.load_us, 0,
+            "no early refresh of a fail-safe copy"
+        );
         assert_eq!(entry.payload, b"1");
         assert!(refreshed_until(b"not an entry", 1).is_none());
     }

@@ -1,16 +1,22 @@
 //! Measurements that need servers of their own: the hot-GET benchmark and
-//! the load report. Each starts its servers as child processes of the
-//! `catalog` binary, so the load generator never shares a runtime with
-//! what it measures.
+//! the load report start theirs as child processes of the `catalog`
+//! binary, so the load generator never shares a runtime with what it
+//! measures; the outage report runs its catalogs in process, because it
+//! flips their database's outage switch (it measures errors, and latency
+//! only as a bound).
 
 pub mod baseline;
 mod hot;
 pub mod instance;
 mod load_report;
+mod outage;
 
 pub use hot::{HotBench, run_hot_bench};
 pub use instance::{Instance, InstanceError};
 pub use load_report::{LoadReport, run_load_report};
+pub use outage::{
+    OutageReport, PhaseResult, Phases, Share, Variant, VariantResult, run_outage_report,
+};
 
 /// A failed measurement.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +27,8 @@ pub enum BenchError {
     Load(#[from] crate::load::LoadError),
     #[error(transparent)]
     Client(#[from] crate::load::ClientError),
+    #[error(transparent)]
+    Start(#[from] crate::server::StartError),
     #[error("{0}")]
     Setup(String),
 }

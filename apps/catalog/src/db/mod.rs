@@ -8,6 +8,7 @@
 //! the count and the load generator turns it into database queries/s.
 
 mod hook;
+mod outage;
 mod schema;
 mod seed;
 
@@ -20,6 +21,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 pub use hook::{FixedLatency, QueryHook};
+pub use outage::Outage;
 pub use schema::Prepared;
 
 use crate::product::{Product, ProductPatch, format_timestamp};
@@ -163,7 +165,8 @@ impl Database {
         self.inner.kind
     }
 
-    /// Queries run since start (seeding excluded).
+    /// Queries attempted since start (seeding excluded; queries a hook
+    /// refused included).
     pub fn queries(&self) -> u64 {
         self.inner.queries.load(Ordering::Relaxed)
     }
@@ -176,18 +179,20 @@ impl Database {
         schema::prepare(&self.inner.pool, self.inner.kind, products, categories).await
     }
 
-    /// Counts a query and runs the hook before it.
-    async fn query(&self, name: &'static str) {
+    /// Counts a query (attempted: one the hook then refuses is counted
+    /// too) and runs the hook before it.
+    async fn query(&self, name: &'static str) -> Result<(), DbError> {
         self.inner.queries.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("catalog_db_queries_total", "query" => name).increment(1);
-        if let Some(hook) = &self.inner.hook {
-            hook.before(name).await;
+        match &self.inner.hook {
+            Some(hook) => hook.before(name).await,
+            None => Ok(()),
         }
     }
 
     /// One product, or `None`.
     pub async fn product(&self, id: i64) -> Result<Option<Product>, DbError> {
-        self.query("product").await;
+        self.query("product").await?;
         let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1");
         let row = sqlx::query(&sql)
             .bind(id)
@@ -198,7 +203,7 @@ impl Database {
 
     /// Products with ids in `first..=last`, by id (for warming).
     pub async fn products_between(&self, first: i64, last: i64) -> Result<Vec<Product>, DbError> {
-        self.query("products_between").await;
+        self.query("products_between").await?;
         let sql = format!(
             "SELECT {PRODUCT_COLUMNS} FROM products WHERE id >= $1 AND id <= $2 ORDER BY id"
         );
@@ -217,7 +222,7 @@ impl Database {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Product>, DbError> {
-        self.query("category_page").await;
+        self.query("category_page").await?;
         let sql = format!(
             "SELECT {PRODUCT_COLUMNS} FROM products WHERE category_id = $1 \
              ORDER BY updated_at_us DESC, id LIMIT $2 OFFSET $3"
@@ -239,7 +244,7 @@ impl Database {
         patch: &ProductPatch,
         now_us: i64,
     ) -> Result<Option<Product>, DbError> {
-        self.query("update_product").await;
+        self.query("update_product").await?;
         let sql = format!(
             "UPDATE products SET name = COALESCE($2, name), \
              price_cents = COALESCE($3, price_cents), \

@@ -30,10 +30,19 @@ pub(super) async fn stats(State(app): State<AppState>) -> Json<Value> {
                 "l1_hits": s.l1_hits,
                 "misses": s.misses,
                 "loads": s.loads,
-                // Stale-while-revalidate is not in cachette yet: nothing is
-                // ever served stale, and the field is kept so clients can
-                // rely on it.
-                "stale_served": 0,
+                // Values served past their freshness, for either reason
+                // below (kept from before the two were told apart).
+                "stale_served": s.stale_hits + s.fail_safe_hits,
+                // Served stale at once while one refresh ran.
+                "stale_hits": s.stale_hits,
+                // Served stale because the database failed or was slow.
+                "fail_safe_hits": s.fail_safe_hits,
+                "refreshes": s.refreshes,
+                "load_waits": s.load_waits,
+                "lease_waits": s.lease_waits,
+                "fills_refused": s.fills_refused,
+                "load_timeouts": s.load_timeouts,
+                "load_errors": s.load_errors,
                 "errors": s.load_errors + s.store_errors + s.invalid_entries,
                 "hit_rate": s.hit_rate(),
                 "invalidations_sent": s.invalidations_sent,

@@ -4,6 +4,7 @@
 //! the service, not from guesses.
 
 pub mod client;
+mod pace;
 mod report;
 mod server_stats;
 pub mod workload;
@@ -14,8 +15,10 @@ use hdrhistogram::Histogram;
 use tokio::time::sleep_until;
 
 pub use client::{ClientError, HttpClient, Response};
+pub(crate) use pace::Pace;
+pub(crate) use report::{millis, thousands};
 pub use report::{print_comparison, print_one};
-pub use server_stats::ServerStats;
+pub use server_stats::{NamespaceCounters, ServerStats};
 pub use workload::{Mix, Op, Workload};
 
 /// A load to run.
@@ -66,9 +69,9 @@ impl LoadResult {
 
     /// The product namespace's hit rate over the measured time, if cached.
     pub fn hit_rate(&self) -> Option<f64> {
-        let (h0, m0) = self.before.product_hits_misses?;
-        let (h1, m1) = self.after.product_hits_misses?;
-        let (hits, misses) = (h1.saturating_sub(h0), m1.saturating_sub(m0));
+        let (before, after) = (self.before.product?, self.after.product?);
+        let hits = after.hits.saturating_sub(before.hits);
+        let misses = after.misses.saturating_sub(before.misses);
         (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64)
     }
 }
@@ -107,18 +110,6 @@ pub async fn run(target: &str, spec: &LoadSpec) -> Result<LoadResult, LoadError>
     let measure_until = measure_from + spec.duration;
 
     let users = spec.concurrency.max(1);
-    // With a rate, user k sends at start + k*gap/users + n*gap: the schedule
-    // is fixed in advance and a user that falls behind catches up at once,
-    // so every target gets the same requests at the same rate. Latency is
-    // measured from the actual send: tokio's timers wake up to a
-    // millisecond late, which would otherwise be charged to the server.
-    let gap = match spec.rate {
-        Some(rate) if rate > 0.0 && rate.is_finite() => {
-            Some(Duration::from_secs_f64(users as f64 / rate))
-        }
-        Some(_) => return Err(LoadError::Spec("--rate must be a positive number".into())),
-        None => None,
-    };
     let first_send = tokio::time::Instant::from_std(started);
     let mut workers = Vec::with_capacity(users);
     for user in 0..users {
@@ -130,14 +121,11 @@ pub async fn run(target: &str, spec: &LoadSpec) -> Result<LoadResult, LoadError>
             errors: 0,
             latency: new_histogram()?,
         };
-        let mut next = gap.map(|gap| first_send + gap.mul_f64(user as f64 / users as f64));
+        let mut pace = Pace::new(spec.rate, users, user, first_send)?;
         workers.push(tokio::spawn(async move {
             loop {
                 let op = workload.next_op();
-                if let (Some(at), Some(gap)) = (next, gap) {
-                    sleep_until(at).await;
-                    next = Some(at + gap);
-                }
+                pace.wait().await;
                 let sent = tokio::time::Instant::now();
                 if sent >= measure_until {
                     break;
@@ -189,6 +177,6 @@ pub async fn run(target: &str, spec: &LoadSpec) -> Result<LoadResult, LoadError>
 }
 
 /// 1 µs to 60 s at 3 significant digits.
-fn new_histogram() -> Result<Histogram<u64>, LoadError> {
+pub(crate) fn new_histogram() -> Result<Histogram<u64>, LoadError> {
     Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| LoadError::Spec(e.to_string()))
 }

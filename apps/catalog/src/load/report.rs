@@ -4,11 +4,13 @@ use std::fmt::Write;
 
 use super::{LoadResult, LoadSpec};
 
-fn millis(micros: u64) -> String {
+/// `1.23 ms`.
+pub(crate) fn millis(micros: u64) -> String {
     format!("{:.2} ms", micros as f64 / 1_000.0)
 }
 
-fn thousands(n: f64) -> String {
+/// `1,234,567` (rounded).
+pub(crate) fn thousands(n: f64) -> String {
     let n = n.round() as u64;
     let digits = n.to_string();
     let mut out = String::new();

@@ -62,6 +62,12 @@ impl Workload {
         })
     }
 
+    /// The next product id alone (the outage report asks for products
+    /// only, and needs the id of each request).
+    pub fn next_product_id(&mut self) -> i64 {
+        self.product_id()
+    }
+
     fn product_id(&mut self) -> i64 {
         match (&self.zipf, self.mix.hot) {
             (_, Some(hot)) => hot,

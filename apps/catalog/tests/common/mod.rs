@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use catalog::db::QueryHook;
+use catalog::db::{DbError, QueryHook};
 use catalog::load::HttpClient;
+use catalog::read_policy::ReadPolicy;
 use catalog::server::{self, ServeConfig};
 use futures_util::future::BoxFuture;
 use tempfile::TempDir;
@@ -33,6 +34,7 @@ pub struct Options {
     pub no_cache: bool,
     pub warm: i64,
     pub hook: Option<Arc<dyn QueryHook>>,
+    pub read_policy: ReadPolicy,
 }
 
 impl Default for Options {
@@ -44,6 +46,7 @@ impl Default for Options {
             no_cache: false,
             warm: 0,
             hook: None,
+            read_policy: ReadPolicy::production(),
         }
     }
 }
@@ -65,6 +68,7 @@ impl TestApp {
         config.redis_url = options.redis_url;
         config.warm = options.warm;
         config.db_hook = options.hook;
+        config.read_policy = options.read_policy;
         config.progress = false;
         let ready = server::start(&config, None).await.unwrap();
         let url = format!("http://{}", ready.addr);
@@ -151,11 +155,12 @@ impl Gate {
 }
 
 impl QueryHook for Gate {
-    fn before(&self, _query: &'static str) -> BoxFuture<'static, ()> {
+    fn before(&self, _query: &'static str) -> BoxFuture<'static, Result<(), DbError>> {
         self.arrived.fetch_add(1, Ordering::SeqCst);
         let mut open = self.open.subscribe();
         Box::pin(async move {
             let _ = open.wait_for(|o| *o).await;
+            Ok(())
         })
     }
 }
