@@ -458,15 +458,12 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             });
         }
         let (backplane, read_your_writes) = (self.backplane, self.read_your_writes);
-        let has_l1 = l1.is_some();
         let inner = Arc::new_cyclic(|me: &Weak<Inner<V, C>>| {
             let coherence = backplane.map(|backplane| {
                 let me: Weak<dyn Listener> = me.clone();
-                let id = if has_l1 {
-                    backplane.register(keys.head(), me)
-                } else {
-                    0
-                };
+                // Every cache listens: with L1 to drop copies, and in any
+                // case to wake its loads waiting on another's fill lease.
+                let id = backplane.register(keys.head(), me);
                 Coherence {
                     backplane,
                     id,

@@ -84,8 +84,7 @@ pub(crate) struct Inner<V, C> {
 #[derive(Debug)]
 pub(crate) struct Coherence {
     pub(crate) backplane: Backplane,
-    /// This cache's id in the backplane's registry (0: not registered,
-    /// since it has no L1).
+    /// This cache's id in the backplane's registry.
     pub(crate) id: u64,
     /// Writes wait for every instance; L1 serves only under the lease.
     pub(crate) read_your_writes: bool,
@@ -95,8 +94,11 @@ impl<V: Value, C: Codec> Listener for Inner<V, C> {
     fn drop_key(&self, store_key: &str) {
         if let Some(l1) = &self.l1 {
             l1.invalidate(store_key);
+            self.stats.invalidation_received();
         }
-        self.stats.invalidation_received();
+        // A fill, write or released lease elsewhere: loads here waiting on
+        // that key's lease look again.
+        signal::wake(store_key);
     }
 
     fn drop_namespace(&self) {

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock, Weak};
 
-/// A cache with an L1 tier, as the backplane sees it.
+/// A cache, as the backplane sees it: L1 copies to drop, and loads
+/// waiting on a fill lease to wake.
 pub(crate) trait Listener: Send + Sync {
     /// Another instance changed the entry under `store_key`.
     fn drop_key(&self, store_key: &str);

@@ -211,9 +211,6 @@ impl Shared {
                     self.registry
                         .each(head, None, |listener| listener.drop_key(store_key));
                 }
-                // A fill, write or released lease elsewhere: loads here
-                // waiting on that key's lease look again.
-                crate::signal::wake(store_key);
             }
             Body::Namespace(head) => self.registry.each(head, None, |l| l.drop_namespace()),
             Body::FlushAll => self.registry.all(|l| l.flush()),
