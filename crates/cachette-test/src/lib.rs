@@ -7,7 +7,8 @@
 //! The main item is [`RedisServer`], a real `redis-server` process on a free
 //! loopback port that lives exactly as long as the value does; [`Fixture`]
 //! pairs a store with what it needs; [`conformance`] is the suite every
-//! store must pass. [`PostgresServer`] does for PostgreSQL what
+//! store must pass; [`node`] runs instances as separate processes.
+//! [`PostgresServer`] does for PostgreSQL what
 //! [`RedisServer`] does for Redis, for the catalog service's tests.
 
 // Panicking is the correct failure mode for test support; the workspace-wide
@@ -19,6 +20,7 @@ mod postgres;
 mod server;
 
 pub mod conformance;
+pub mod node;
 
 pub use fixture::{Fixture, connect};
 pub use postgres::PostgresServer;

@@ -322,7 +322,6 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let ttl = Ttl::new(ttl)?.jittered(self.inner.ttl_jitter);
         let skey = self.inner.keys.store_key(key)?;
         let (bytes, kept_for) = self.encode(Some(value), ttl, 0)?;
-        self.inner.flights.void(&skey).await;
         self.write_value(&skey, value, bytes, ttl, kept_for).await
     }
 
@@ -342,9 +341,6 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 value: bytes,
                 ttl: kept_for,
             });
-        }
-        for entry in &batch {
-            self.inner.flights.void(&entry.key).await;
         }
         let written = self.observe(self.inner.store.set_many(&batch).await);
         for entry in &batch {
@@ -371,7 +367,6 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// [`Error::Store`].
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
         let skey = self.inner.keys.store_key(key)?;
-        self.inner.flights.void(&skey).await;
         let deleted = self.observe(self.inner.store.delete(&skey).await);
         if let Some(l1) = &self.inner.l1 {
             l1.invalidate(&skey);
@@ -514,8 +509,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// served a value that never existed. If the cache update fails after
     /// the source accepted the write, the entry is deleted instead, so the
     /// old value is not served; if that fails too, it is logged and the old
-    /// value can live until its TTL. A load of the key in flight in this
-    /// process is voided so it cannot land the pre-write value afterwards.
+    /// value can live until its TTL. A load of the key in flight (in any
+    /// process) cannot land the pre-write value afterwards: the write ends
+    /// its fill lease.
     ///
     /// # Errors
     /// [`Error::Write`] when `persist` fails; the cache is not touched.
@@ -529,7 +525,6 @@ impl<V: Value, C: Codec> Cache<V, C> {
             namespace: self.inner.namespace.clone(),
             source: e.into(),
         })?;
-        self.inner.flights.void(&skey).await;
         let ttl = self.inner.ttl.jittered(self.inner.ttl_jitter);
         let written = match self.encode(Some(&value), ttl, 0) {
             Ok((bytes, kept_for)) => self.write_value(&skey, &value, bytes, ttl, kept_for).await,
@@ -668,24 +663,13 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 return Ok(nothing);
             }
         }
-        if let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket) {
-            let copy = match &decoded.found {
-                Found::Value(v) => Some(Some(Arc::clone(v))),
-                Found::Absent => Some(None),
-                Found::Nothing => None,
-            };
-            if let Some(copy) = copy {
-                let fresh_for =
-                    Duration::from_millis(decoded.stamp.fresh_until_ms.saturating_sub(now));
-                l1.fill(
-                    skey,
-                    ticket,
-                    copy,
-                    decoded.size,
-                    self.l1_fresh_for(fresh_for),
-                    decoded.stamp,
-                );
-            }
+        let copy = match &decoded.found {
+            Found::Value(v) => Some(Some(Arc::clone(v))),
+            Found::Absent => Some(None),
+            Found::Nothing => None,
+        };
+        if let Some(copy) = copy {
+            self.copy_to_l1(skey, ticket, copy, decoded.stamp, decoded.size);
         }
         match decoded.found {
             Found::Value(_) => self.inner.stats.hit(),

@@ -11,12 +11,11 @@
 //! task itself is dropped (runtime shutdown), waiters see the channel close
 //! and get an error instead of hanging.
 //!
-//! A write or delete of the key *voids* an in-flight load: the load may have
-//! read the source before the write, so its result must not land in the
-//! store after the write. The fill and the void take the same per-flight
-//! lock, so either the fill lands first (and the write then replaces it) or
-//! the void lands first (and the fill is skipped). Across processes the same
-//! guarantee needs fenced fills in the store; that is the lease's job.
+//! A flight's value must not land in the store after a write of the key
+//! (it may have been read from the source before the write). That is not
+//! this module's job but the fill lease's (`store::lease`): every write ends
+//! the key's lease in the store, so the fill is refused there — in this
+//! process and in every other alike.
 //!
 //! Rejected: moka's `try_get_with`, whose init future runs inside the first
 //! caller, so cancelling that caller restarts the load in the next waiter.
@@ -43,8 +42,6 @@ pub(crate) type Outcome<V> = Result<Option<V>, Failure>;
 #[derive(Debug)]
 pub(crate) struct Flight<V> {
     outcome: watch::Receiver<Option<Outcome<V>>>,
-    /// True once a write voided this load. Held across the fill.
-    voided: tokio::sync::Mutex<bool>,
 }
 
 impl<V: Clone> Flight<V> {
@@ -53,16 +50,6 @@ impl<V: Clone> Flight<V> {
         let mut rx = self.outcome.clone();
         let settled = rx.wait_for(Option::is_some).await.ok()?;
         settled.clone()
-    }
-
-    /// Runs `fill` unless a write voided this load; returns whether it ran.
-    pub(crate) async fn fill_unless_voided<F: Future<Output = ()>>(&self, fill: F) -> bool {
-        let voided = self.voided.lock().await;
-        if *voided {
-            return false;
-        }
-        fill.await;
-        true
     }
 }
 
@@ -113,10 +100,7 @@ impl<V> Flights<V> {
             return Role::Follower(Arc::clone(flight));
         }
         let (tx, rx) = watch::channel(None);
-        let flight = Arc::new(Flight {
-            outcome: rx,
-            voided: tokio::sync::Mutex::new(false),
-        });
+        let flight = Arc::new(Flight { outcome: rx });
         map.insert(key.to_owned(), Arc::clone(&flight));
         Role::Leader(flight, Settle(tx))
     }
@@ -126,15 +110,6 @@ impl<V> Flights<V> {
         let mut map = self.map();
         if map.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             map.remove(key);
-        }
-    }
-
-    /// Voids the in-flight load of `key`, if any, waiting for a fill in
-    /// progress to land first.
-    pub(crate) async fn void(&self, key: &str) {
-        let flight = self.map().get(key).cloned();
-        if let Some(flight) = flight {
-            *flight.voided.lock().await = true;
         }
     }
 

@@ -110,7 +110,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 let job = Job::Load {
                     stale: stale.clone(),
                 };
-                self.spawn_flight(
+                let task = self.clone().fly(
                     skey,
                     Arc::clone(&flight),
                     settle,
@@ -118,8 +118,13 @@ impl<V: Value, C: Codec> Cache<V, C> {
                     optional,
                     loader,
                     job,
-                )
-                .await;
+                );
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn(task)),
+                    // Outside a Tokio runtime the load cannot outlive its
+                    // caller; run it here rather than fail.
+                    Err(_) => task.await,
+                }
                 flight
             }
         };
@@ -185,10 +190,10 @@ impl<V: Value, C: Codec> Cache<V, C> {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let policy = &self.inner.policy;
-        if policy.early_refresh_beta > 0.0
-            && stamp.load_us > 0
-            && policy.refresh_early(stamp, envelope::now_ms(), rand::random::<f64>())
+        if self
+            .inner
+            .policy
+            .refresh_early(stamp, envelope::now_ms, rand::random::<f64>)
         {
             self.refresh(skey, stamp.created_ms, ttl, optional, loader);
         }
@@ -217,33 +222,6 @@ impl<V: Value, C: Codec> Cache<V, C> {
         }
     }
 
-    /// Runs a flight as its own task (or inline, outside a runtime).
-    #[allow(clippy::too_many_arguments)]
-    async fn spawn_flight<F, Fut, E>(
-        &self,
-        skey: String,
-        flight: Arc<Flight<Arc<V>>>,
-        settle: Settle<Arc<V>>,
-        ttl: Ttl,
-        optional: bool,
-        loader: F,
-        job: Job<V>,
-    ) where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        let task = self
-            .clone()
-            .fly(skey, flight, settle, ttl, optional, loader, job);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(task)),
-            // Outside a Tokio runtime the load cannot outlive its caller;
-            // run it here rather than fail.
-            Err(_) => task.await,
-        }
-    }
-
     /// The body of a flight: runs detached from any caller.
     #[allow(clippy::too_many_arguments)]
     async fn fly<F, Fut, E>(
@@ -260,9 +238,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let outcome = self
-            .run_flight(&skey, &flight, ttl, optional, loader, job)
-            .await;
+        let outcome = self.run_flight(&skey, ttl, optional, loader, job).await;
         // Leave the map before waking the waiters: a caller arriving after
         // this either finds the filled entry or starts a new flight.
         self.inner.flights.finish(&skey, &flight);
@@ -272,7 +248,6 @@ impl<V: Value, C: Codec> Cache<V, C> {
     async fn run_flight<F, Fut, E>(
         &self,
         skey: &str,
-        flight: &Flight<Arc<V>>,
         ttl: Ttl,
         optional: bool,
         loader: F,
@@ -343,32 +318,24 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 let stamp = envelope::decode(&bytes)
                     .map(|e| Stamp::from(e.meta))
                     .unwrap_or_default();
-                let filled = flight
-                    .fill_unless_voided(async {
-                        match self
-                            .observe(self.inner.store.fill(skey, &token, bytes, kept_for).await)
-                        {
-                            Ok(true) => {
-                                if let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket) {
-                                    let fresh_for = self.l1_fresh_for(fill_ttl.get());
-                                    l1.fill(skey, ticket, value.clone(), size, fresh_for, stamp);
-                                }
-                                // Wakes waiters elsewhere, and drops copies
-                                // other instances may hold from before the
-                                // entry left the store; never waited for.
-                                let _ = self.announce(Change::Key(skey), false).await;
-                            }
-                            Ok(false) => self.inner.stats.fill_refused(),
-                            // Counted and logged; the value is served anyway.
-                            Err(_) => {}
-                        }
-                        signal::wake(skey);
-                    })
-                    .await;
-                if !filled {
-                    self.end_lease(skey, &token).await;
-                    tracing::debug!(namespace = %self.inner.namespace, "load voided by a concurrent write; not cached");
+                let filled = self.inner.store.fill(skey, &token, bytes, kept_for).await;
+                match self.observe(filled) {
+                    Ok(true) => {
+                        let copy = value.clone();
+                        self.copy_to_l1(skey, ticket, copy, stamp, size);
+                        // Wakes waiters elsewhere, and drops copies other
+                        // instances may hold from before the entry left the
+                        // store; never waited for.
+                        let _ = self.announce(Change::Key(skey), false).await;
+                    }
+                    Ok(false) => {
+                        self.inner.stats.fill_refused();
+                        tracing::debug!(namespace = %self.inner.namespace, "a write ended the lease during the load; not cached");
+                    }
+                    // Counted and logged; the value is served anyway.
+                    Err(_) => {}
                 }
+                signal::wake(skey);
             }
             Err(err) => {
                 self.end_lease(skey, &token).await;
@@ -390,7 +357,8 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let age = self.inner.policy.age(decoded.stamp, envelope::now_ms());
         if decoded.stamp.created_ms != created_ms && age == Age::Fresh {
             if let Found::Value(value) = &decoded.found {
-                self.copy_to_l1(skey, ticket, Some(Arc::clone(value)), &decoded);
+                let copy = Some(Arc::clone(value));
+                self.copy_to_l1(skey, ticket, copy, decoded.stamp, decoded.size);
             }
             return Current::Replaced(match decoded.found {
                 Found::Value(value) => Some(value),
@@ -454,7 +422,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
                     let age = policy.age(decoded.stamp, envelope::now_ms());
                     match (age, decoded.found) {
                         (Age::Fresh, Found::Value(value)) => {
-                            self.copy_to_l1_stamped(
+                            self.copy_to_l1(
                                 skey,
                                 ticket,
                                 Some(Arc::clone(&value)),
@@ -464,13 +432,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
                             return Claimed::Done(Ok(Some(value)));
                         }
                         (Age::Fresh, Found::Absent) if optional => {
-                            self.copy_to_l1_stamped(
-                                skey,
-                                ticket,
-                                None,
-                                decoded.stamp,
-                                decoded.size,
-                            );
+                            self.copy_to_l1(skey, ticket, None, decoded.stamp, decoded.size);
                             return Claimed::Done(Ok(None));
                         }
                         (Age::Stale | Age::Fallback, Found::Value(value)) => {
@@ -647,7 +609,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
             fresh_until_ms: until,
             ..stale.stamp
         };
-        self.copy_to_l1_stamped(skey, ticket, Some(stale.value), stamp, size);
+        self.copy_to_l1(skey, ticket, Some(stale.value), stamp, size);
         let _ = self.announce(Change::Key(skey), false).await;
         signal::wake(skey);
         true
@@ -663,18 +625,8 @@ impl<V: Value, C: Codec> Cache<V, C> {
         signal::wake(skey);
     }
 
-    fn copy_to_l1(
-        &self,
-        skey: &str,
-        ticket: Option<Ticket>,
-        value: Option<Arc<V>>,
-        decoded: &crate::cache::Decoded<V>,
-    ) {
-        self.copy_to_l1_stamped(skey, ticket, value, decoded.stamp, decoded.size);
-    }
-
     /// Copies a fresh entry into L1 under `ticket`.
-    fn copy_to_l1_stamped(
+    pub(crate) fn copy_to_l1(
         &self,
         skey: &str,
         ticket: Option<Ticket>,

@@ -109,19 +109,27 @@ impl LoadPolicy {
         }
     }
 
-    /// XFetch: whether a read of a fresh entry at `now_ms` should start a
-    /// background refresh. `unit` is a uniform draw from [0, 1).
-    pub(crate) fn refresh_early(&self, stamp: Stamp, now_ms: u64, unit: f64) -> bool {
+    /// XFetch: whether a read of a fresh entry should start a background
+    /// refresh. `now_ms` reads the clock and `unit` draws uniformly from
+    /// [0, 1); both run only when the answer can be yes, since this sits
+    /// on every hit of `get_or_load`.
+    pub(crate) fn refresh_early(
+        &self,
+        stamp: Stamp,
+        now_ms: impl FnOnce() -> u64,
+        unit: impl FnOnce() -> f64,
+    ) -> bool {
         if self.early_refresh_beta <= 0.0 || stamp.load_us == 0 {
             return false;
         }
+        let now_ms = now_ms();
         let left_ms = stamp.fresh_until_ms.saturating_sub(now_ms) as f64;
         let scale_ms = f64::from(stamp.load_us) / 1000.0 * self.early_refresh_beta;
         // e^-40: a draw that far out never fires; skip the logarithm.
         if left_ms > scale_ms * 40.0 {
             return false;
         }
-        let u = 1.0 - unit; // (0, 1]
+        let u = 1.0 - unit(); // (0, 1]
         -scale_ms * u.ln() >= left_ms
     }
 }
@@ -175,11 +183,12 @@ mod tests {
         // e^-2 ≈ 13.5 %; 10 s before, never; an unknown δ, never.
         let s = stamp(10_400, 10_400, 200_000);
         let fired = (0..10_000)
-            .filter(|i| p.refresh_early(s, 10_000, f64::from(*i) / 10_000.0))
+            .filter(|i| p.refresh_early(s, || 10_000, || f64::from(*i) / 10_000.0))
             .count();
         assert!((1_300..=1_400).contains(&fired), "{fired}");
-        assert!(!p.refresh_early(stamp(20_000, 20_000, 200_000), 10_000, 0.999_999));
-        assert!(!p.refresh_early(stamp(10_001, 10_001, 0), 10_000, 0.999));
-        assert!(p.refresh_early(stamp(10_000, 10_000, 1), 10_000, 0.0));
+        let at = |ms| move || ms;
+        assert!(!p.refresh_early(stamp(20_000, 20_000, 200_000), at(10_000), || 0.999_999));
+        assert!(!p.refresh_early(stamp(10_001, 10_001, 0), at(10_000), || 0.999));
+        assert!(p.refresh_early(stamp(10_000, 10_000, 1), at(10_000), || 0.0));
     }
 }

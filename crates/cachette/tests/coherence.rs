@@ -8,21 +8,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cachette::Cache;
 use cachette::backplane::{Backplane, BackplaneConfig};
 use cachette::store::{RedisConfig, RedisStore};
 use cachette_test::RedisServer;
+use cachette_test::node::{self, NodeProcess, say, serial};
 use rand::{Rng, SeedableRng};
 
 const NODE_ENV: &str = "CACHETTE_COHERENCE_NODE";
-const ANSWER: Duration = Duration::from_secs(30);
 const LEASE: Duration = Duration::from_millis(500);
 
 fn unix_ns() -> u128 {
@@ -58,12 +55,6 @@ struct Node {
     chaos: Arc<AtomicBool>,
 }
 
-fn say(line: impl AsRef<str>) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "@ {}", line.as_ref()).unwrap();
-    out.flush().unwrap();
-}
-
 async fn node_main() {
     let url = std::env::var("NODE_REDIS_URL").unwrap();
     let ryw = std::env::var("NODE_RYW").is_ok_and(|v| v == "1");
@@ -93,20 +84,9 @@ async fn node_main() {
         chaos: Arc::new(AtomicBool::new(false)),
     });
     say(format!("ready {}", node.backplane.id()));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    while let Some(line) = rx.recv().await {
+    let mut commands = node::commands();
+    while let Some(line) = commands.recv().await {
         let words: Vec<&str> = line.split_whitespace().collect();
-        if words.first() == Some(&"quit") {
-            break;
-        }
         run_command(&node, &words).await;
     }
 }
@@ -346,110 +326,17 @@ async fn random_ops(cache: &Cache<String>, seed: u64, ops: usize, keys: usize) {
 
 // ---------------------------------------------------------------- test side
 
-struct Process {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
+type Process = NodeProcess;
 
-impl Process {
-    fn start(redis: &RedisServer, ryw: bool, l1_bytes: Option<u64>) -> Process {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args([
-                "node",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(NODE_ENV, "1")
-            .env("NODE_REDIS_URL", redis.url())
-            .env("NODE_RYW", if ryw { "1" } else { "0" })
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        if let Some(bytes) = l1_bytes {
-            command.env("NODE_L1_BYTES", bytes.to_string());
-        }
-        let mut child = command.spawn().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // libtest may print "test node ... " before the first answer.
-                if let Some(at) = line.find("@ ")
-                    && tx.send(line[at + 2..].to_owned()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let mut p = Process {
-            child,
-            stdin,
-            lines,
-        };
-        p.expect("ready");
-        p
+fn start(redis: &RedisServer, ryw: bool, l1_bytes: Option<u64>) -> Process {
+    let mut env = vec![
+        ("NODE_REDIS_URL", redis.url()),
+        ("NODE_RYW", if ryw { "1" } else { "0" }.to_owned()),
+    ];
+    if let Some(bytes) = l1_bytes {
+        env.push(("NODE_L1_BYTES", bytes.to_string()));
     }
-
-    fn send(&mut self, command: &str) {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// The next answer, which must start with `word`; the rest of it.
-    fn expect(&mut self, word: &str) -> String {
-        let line = self
-            .lines
-            .recv_timeout(ANSWER)
-            .unwrap_or_else(|_| panic!("no answer (waiting for `{word}`) within {ANSWER:?}"));
-        match line.strip_prefix(word) {
-            Some(rest) => rest.trim().to_owned(),
-            None => panic!("expected `{word}`, got `{line}`"),
-        }
-    }
-
-    fn ask(&mut self, command: &str, word: &str) -> String {
-        self.send(command);
-        self.expect(word)
-    }
-
-    fn stat(&mut self, name: &str) -> u64 {
-        let stats = self.ask("stats", "stats");
-        stats
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {stats}"))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.stdin.flush();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The tests here share two cores with their nodes and Redis: one at a time.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    NodeProcess::start(NODE_ENV, "node", &env)
 }
 
 fn percentile(sorted: &[u128], p: f64) -> u128 {
@@ -473,8 +360,8 @@ fn rounds() -> usize {
 fn a_write_in_one_process_is_seen_by_another_within_milliseconds() {
     let _serial = serial();
     let redis = RedisServer::spawn();
-    let mut a = Process::start(&redis, false, None);
-    let mut b = Process::start(&redis, false, None);
+    let mut a = start(&redis, false, None);
+    let mut b = start(&redis, false, None);
     a.ask("set k v0", "ok");
     let mut delays = Vec::new();
     let mut writes = Vec::new();
@@ -539,9 +426,7 @@ fn a_write_in_one_process_is_seen_by_another_within_milliseconds() {
 fn three_processes_under_random_load_end_with_l1_agreeing_with_l2() {
     let _serial = serial();
     let redis = RedisServer::spawn();
-    let mut nodes: Vec<Process> = (0..3)
-        .map(|_| Process::start(&redis, false, None))
-        .collect();
+    let mut nodes: Vec<Process> = (0..3).map(|_| start(&redis, false, None)).collect();
     let (keys, ops) = (200, 30_000);
     for (i, node) in nodes.iter_mut().enumerate() {
         node.send(&format!("random {} {ops} {keys} 4", i + 1));
@@ -593,8 +478,8 @@ fn max_staleness(writes: &str, reads: &str) -> u128 {
 fn killing_the_backplane_connection_never_serves_a_value_past_the_cap() {
     let _serial = serial();
     let redis = RedisServer::spawn();
-    let mut a = Process::start(&redis, false, None);
-    let mut b = Process::start(&redis, false, None);
+    let mut a = start(&redis, false, None);
+    let mut b = start(&redis, false, None);
     a.ask("set k 0", "ok");
     b.ask("chaos on 40", "ok");
     b.send("read k 4000");
@@ -628,8 +513,8 @@ fn killing_the_backplane_connection_never_serves_a_value_past_the_cap() {
 fn read_your_writes_across_processes_never_reads_stale_even_under_kills() {
     let _serial = serial();
     let redis = RedisServer::spawn();
-    let mut a = Process::start(&redis, true, None);
-    let mut b = Process::start(&redis, true, None);
+    let mut a = start(&redis, true, None);
+    let mut b = start(&redis, true, None);
     let n = rounds();
     let mut latencies = Vec::with_capacity(n);
     let mut stale = 0;
@@ -681,7 +566,7 @@ fn an_l1_filled_far_past_its_budget_stays_within_it() {
     let _serial = serial();
     let redis = RedisServer::spawn();
     let budget: u64 = 32 << 20;
-    let mut node = Process::start(&redis, false, Some(budget));
+    let mut node = start(&redis, false, Some(budget));
     // 8× the budget, in values of 16 KiB.
     let (n, size) = (16_384, 16 * 1024);
     let filled = node.ask(&format!("fill {n} {size}"), "filled");

@@ -19,22 +19,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cachette::Cache;
 use cachette::backplane::{Backplane, BackplaneConfig};
 use cachette::store::{RedisConfig, RedisStore};
 use cachette_test::RedisServer;
+use cachette_test::node::{self, ANSWER, NodeProcess, say, serial};
 use tokio::sync::Barrier;
 
 const NODE_ENV: &str = "CACHETTE_FLEET_NODE";
-/// The longest any answer of a node may take.
-const ANSWER: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- node side
 
@@ -51,12 +47,6 @@ fn node() {
         .build()
         .unwrap();
     runtime.block_on(node_main());
-}
-
-fn say(line: impl AsRef<str>) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "@ {}", line.as_ref()).unwrap();
-    out.flush().unwrap();
 }
 
 fn env_ms(name: &str) -> Option<Duration> {
@@ -90,20 +80,9 @@ async fn node_main() {
     }
     let cache: Cache<String> = builder.build().unwrap();
     say("ready");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    while let Some(line) = rx.recv().await {
+    let mut commands = node::commands();
+    while let Some(line) = commands.recv().await {
         let words: Vec<&str> = line.split_whitespace().collect();
-        if words.first() == Some(&"quit") {
-            break;
-        }
         run_command(&cache, &words).await;
     }
 }
@@ -217,14 +196,7 @@ async fn run_command(cache: &Cache<String>, words: &[&str]) {
 
 // ---------------------------------------------------------------- test side
 
-struct Process {
-    child: Child,
-    stdin: ChildStdin,
-    /// Answers, stamped with the instant the reader thread got them (so a
-    /// process's answer is timed even while the test reads another's).
-    lines: mpsc::Receiver<(Instant, String)>,
-    name: String,
-}
+type Process = NodeProcess;
 
 /// Lease settings of a node, in milliseconds (None: the default).
 #[derive(Clone, Copy, Default)]
@@ -233,126 +205,15 @@ struct Leases {
     wait_ms: Option<u64>,
 }
 
-impl Process {
-    fn start(redis: &RedisServer, name: &str, leases: Leases) -> Process {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args([
-                "node",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(NODE_ENV, "1")
-            .env("NODE_REDIS_URL", redis.url())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        if let Some(ms) = leases.ttl_ms {
-            command.env("NODE_LEASE_TTL_MS", ms.to_string());
-        }
-        if let Some(ms) = leases.wait_ms {
-            command.env("NODE_LEASE_WAIT_MS", ms.to_string());
-        }
-        let mut child = command.spawn().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // libtest may print "test node ... " before the first answer.
-                if let Some(at) = line.find("@ ")
-                    && tx
-                        .send((Instant::now(), line[at + 2..].to_owned()))
-                        .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let mut p = Process {
-            child,
-            stdin,
-            lines,
-            name: name.to_owned(),
-        };
-        p.expect("ready");
-        p
+fn start(redis: &RedisServer, name: &str, leases: Leases) -> Process {
+    let mut env = vec![("NODE_REDIS_URL", redis.url())];
+    if let Some(ms) = leases.ttl_ms {
+        env.push(("NODE_LEASE_TTL_MS", ms.to_string()));
     }
-
-    fn send(&mut self, command: &str) {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
+    if let Some(ms) = leases.wait_ms {
+        env.push(("NODE_LEASE_WAIT_MS", ms.to_string()));
     }
-
-    /// The next answer, which must start with `word`: when it arrived, and
-    /// the rest of it.
-    fn expect_at(&mut self, word: &str) -> (Instant, String) {
-        let (at, line) = self.lines.recv_timeout(ANSWER).unwrap_or_else(|_| {
-            panic!(
-                "no answer from {} (waiting for `{word}`) within {ANSWER:?}",
-                self.name
-            )
-        });
-        match line.strip_prefix(word) {
-            Some(rest) => (at, rest.trim().to_owned()),
-            None => panic!("expected `{word}` from {}, got `{line}`", self.name),
-        }
-    }
-
-    fn expect(&mut self, word: &str) -> String {
-        self.expect_at(word).1
-    }
-
-    fn ask(&mut self, command: &str, word: &str) -> String {
-        self.send(command);
-        self.expect(word)
-    }
-
-    fn stat(&mut self, name: &str) -> u64 {
-        let stats = self.ask("stats", "stats");
-        stats
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {stats}"))
-    }
-
-    /// Polls the node's stats until `name` reaches `at_least` (bounded).
-    fn await_stat(&mut self, name: &str, at_least: u64) {
-        let deadline = Instant::now() + ANSWER;
-        while self.stat(name) < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "{}: {name} never reached {at_least} within {ANSWER:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// SIGKILL: the process dies where it stands, its lease left behind.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.stdin.flush();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    NodeProcess::start(NODE_ENV, name, &env)
 }
 
 /// A `value` answer: the value, whether the node's own loader ran, and how
@@ -371,15 +232,6 @@ fn parse_value(answer: &str) -> Got {
         loaded: fields[1] == "1",
         took: Duration::from_micros(fields[2].parse().unwrap()),
     }
-}
-
-/// The tests here share two cores with their nodes and Redis: one at a time.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn ms(d: Duration) -> String {
@@ -443,7 +295,7 @@ fn four_processes_load_a_cold_key_once() {
     let _serial = serial();
     let redis = RedisServer::spawn();
     let mut nodes: Vec<Process> = (0..4)
-        .map(|i| Process::start(&redis, &format!("node {i}"), Leases::default()))
+        .map(|i| start(&redis, &format!("node {i}"), Leases::default()))
         .collect();
     let (rounds, callers, loader_ms) = (5, 1_000, 300);
     let mut total_loads = 0;
@@ -459,10 +311,15 @@ fn four_processes_load_a_cold_key_once() {
         for node in &mut nodes {
             let answer = node.expect("done");
             let fields: Vec<&str> = answer.split_whitespace().collect();
-            assert_eq!(fields.len(), 3, "bad answer from {}: `{answer}`", node.name);
+            assert_eq!(
+                fields.len(),
+                3,
+                "bad answer from {}: `{answer}`",
+                node.name()
+            );
             let (here, errors): (u64, u64) =
                 (fields[0].parse().unwrap(), fields[1].parse().unwrap());
-            assert_eq!(errors, 0, "{} had failed calls on {key}", node.name);
+            assert_eq!(errors, 0, "{} had failed calls on {key}", node.name());
             loads += here;
             values.extend(fields[2].split(',').map(str::to_owned));
         }
@@ -504,9 +361,9 @@ fn killing_the_lease_holder_mid_load_lets_the_others_load_within_the_lease() {
         // the lease: what is measured is the lease running out.
         wait_ms: Some(30_000),
     };
-    let mut a = Process::start(&redis, "A", leases);
-    let mut b = Process::start(&redis, "B", leases);
-    let mut c = Process::start(&redis, "C", leases);
+    let mut a = start(&redis, "A", leases);
+    let mut b = start(&redis, "B", leases);
+    let mut c = start(&redis, "C", leases);
     let loader_ms = 10;
 
     // A claims the lease and hangs in its loader.
@@ -536,10 +393,10 @@ fn killing_the_lease_holder_mid_load_lets_the_others_load_within_the_lease() {
             Some(_) => node.expect_at("value"),
             None => match answer.strip_prefix("value") {
                 Some(rest) => (at, rest.trim().to_owned()),
-                None => panic!("expected `value` from {}, got `{answer}`", node.name),
+                None => panic!("expected `value` from {}, got `{answer}`", node.name()),
             },
         };
-        answers.push((node.name.clone(), at - killed, parse_value(&answer)));
+        answers.push((node.name().to_owned(), at - killed, parse_value(&answer)));
     }
     for (name, after_kill, got) in &answers {
         println!(
@@ -587,8 +444,8 @@ fn a_fill_wakes_waiters_in_other_processes_before_the_lease_ends() {
         ttl_ms: Some(lease.as_millis() as u64),
         wait_ms: Some(30_000),
     };
-    let mut a = Process::start(&redis, "A", leases);
-    let mut b = Process::start(&redis, "B", leases);
+    let mut a = start(&redis, "A", leases);
+    let mut b = start(&redis, "B", leases);
     let loader_ms = 200;
 
     // A takes the lease and loads for 200 ms; B asks meanwhile.

@@ -1,6 +1,7 @@
 //! Single flight: concurrent misses of one key run the loader once, the load
 //! belongs to the flight (not to its first caller), a panic is an error for
-//! every waiter, errors are not cached, and a write voids an in-flight load.
+//! every waiter, errors are not cached, and a write ends an in-flight load's
+//! lease, so its value is not stored.
 //!
 //! Each test holds the loader on a gate until every caller has been counted
 //! as a miss, so the callers really are concurrent: without single flight

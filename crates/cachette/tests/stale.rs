@@ -225,7 +225,68 @@ async fn the_hard_timeout_ends_a_hung_load(f: Fixture) {
     assert_eq!(other.stats().lease_waits, 0, "the lease was released");
 }
 
+/// Two instances serve a stale key while one holds the refresh lease: the
+/// other starts one refresh, which waits for the holder's fill, instead of
+/// one refresh per call that each find the lease held.
+async fn a_refresh_that_finds_the_lease_held_waits_for_the_fill(f: Fixture) {
+    let build = || -> Cache<u64> {
+        Cache::builder("swr2")
+            .ttl(Duration::from_millis(200))
+            .stale_while_revalidate(Duration::from_secs(30))
+            .early_refresh(0.0)
+            .shared_store(f.store.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    a.get_or_load("k", || async { Loaded::Ok(1) })
+        .await
+        .unwrap();
+    until_stale(&a, "k").await;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = a
+        .get_or_load("k", move || async move {
+            let _ = started_tx.send(());
+            let _ = release_rx.await;
+            Loaded::Ok(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(served, 1);
+    tokio::time::timeout(WAIT, started_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    for _ in 0..100 {
+        let loads = loads.clone();
+        let v = b
+            .get_or_load("k", move || async move {
+                loads.fetch_add(1, SeqCst);
+                Loaded::Ok(3)
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, 1, "stale while A refreshes");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        b.stats().refreshes,
+        1,
+        "one refresh in flight on B, waiting"
+    );
+    release_tx.send(()).unwrap();
+    until_cached(&b, "k", 2).await;
+    assert_eq!(
+        loads.load(SeqCst),
+        0,
+        "B never loaded: A's fill answered it"
+    );
+}
+
 for_each_store!(
+    a_refresh_that_finds_the_lease_held_waits_for_the_fill,
     stale_values_are_served_at_once_while_one_refresh_runs,
     a_failed_load_serves_the_stale_value_and_throttles_retries,
     the_soft_timeout_serves_stale_and_the_load_fills_later,
