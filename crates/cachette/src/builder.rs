@@ -10,6 +10,7 @@ use crate::codec::Codec;
 use crate::flight::Flights;
 use crate::key::{DEFAULT_MAX_KEY_BYTES, KeySpace};
 use crate::l1::{L1, L1Config};
+use crate::marks::Marks;
 use crate::policy::{FailSafe, LoadPolicy};
 use crate::stats::Recorder;
 use crate::store::{EmbeddedStore, Store};
@@ -57,6 +58,8 @@ pub struct CacheBuilder<V, C> {
     lease_wait: Duration,
     soft_timeout: Option<Duration>,
     hard_timeout: Option<Duration>,
+    mark_poll: Duration,
+    mark_ttl: Duration,
     codec: C,
     _value: PhantomData<fn() -> V>,
 }
@@ -86,6 +89,8 @@ impl<V: Value, C: Codec + Default> CacheBuilder<V, C> {
             lease_wait: DEFAULT_LEASE_WAIT,
             soft_timeout: None,
             hard_timeout: None,
+            mark_poll: crate::invalidate::DEFAULT_MARK_POLL,
+            mark_ttl: Ttl::MAX,
             codec: C::default(),
             _value: PhantomData,
         }
@@ -269,6 +274,26 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
         self
     }
 
+    /// How long this process trusts a tag or namespace mark it fetched
+    /// before reading it again (see [`Cache::invalidate_tag`]). Without a
+    /// backplane this is how late another instance's invalidation may be
+    /// seen here; with one, invalidations are announced and seen at once,
+    /// and this only bounds a missed announcement. `Duration::ZERO` checks
+    /// the store on every read of an entry. By default, 1 s.
+    pub fn mark_poll(mut self, period: Duration) -> Self {
+        self.mark_poll = period;
+        self
+    }
+
+    /// How long a tag or namespace mark is kept in the store, and so the
+    /// longest any entry of this cache is kept (a mark must outlive every
+    /// entry it can void). Lower it to your longest TTL so marks of
+    /// one-off tags do not pile up. By default, [`Ttl::MAX`].
+    pub fn mark_ttl(mut self, ttl: Duration) -> Self {
+        self.mark_ttl = ttl;
+        self
+    }
+
     /// The store. Stores are cheap handles: pass clones of one store to
     /// every namespace that should share it. By default, a private
     /// [`EmbeddedStore`] of 64 MiB.
@@ -307,6 +332,8 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             lease_wait: self.lease_wait,
             soft_timeout: self.soft_timeout,
             hard_timeout: self.hard_timeout,
+            mark_poll: self.mark_poll,
+            mark_ttl: self.mark_ttl,
             codec,
             _value: PhantomData,
         }
@@ -405,6 +432,12 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             })
         };
         let ttl = valid_ttl("ttl", self.ttl)?;
+        let mark_ttl = valid_ttl("mark_ttl", self.mark_ttl)?;
+        let marks = Marks::new(
+            self.prefix.as_deref(),
+            &self.namespace,
+            Some(self.mark_poll),
+        );
         let negative_ttl = self
             .negative_ttl
             .map(|d| valid_ttl("negative_ttl", d))
@@ -484,6 +517,8 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
                 policy,
                 l1,
                 coherence,
+                marks,
+                mark_ttl,
                 _value: PhantomData,
             }
         });

@@ -21,10 +21,11 @@ use serde::de::DeserializeOwned;
 use crate::backplane::{Backplane, Change, Listener};
 use crate::builder::CacheBuilder;
 use crate::codec::{Codec, Json};
-use crate::envelope::{self, InvalidEntry, Meta, flags};
+use crate::envelope::{self, InvalidEntry, Meta, Tags, flags};
 use crate::flight::Flights;
 use crate::key::KeySpace;
 use crate::l1::{L1, L1Usage};
+use crate::marks::{Marks, Verdict};
 use crate::policy::{Age, LoadPolicy, Stamp};
 use crate::signal;
 use crate::stats::{Recorder, Stats};
@@ -77,6 +78,10 @@ pub(crate) struct Inner<V, C> {
     pub(crate) l1: Option<L1<V>>,
     /// The backplane, when configured.
     pub(crate) coherence: Option<Coherence>,
+    /// Tag and namespace invalidation marks, as this process knows them.
+    pub(crate) marks: Marks,
+    /// How long marks are kept, and so the longest any entry is kept.
+    pub(crate) mark_ttl: Ttl,
     pub(crate) _value: PhantomData<fn() -> V>,
 }
 
@@ -108,10 +113,17 @@ impl<V: Value, C: Codec> Listener for Inner<V, C> {
         self.stats.invalidation_received();
     }
 
+    fn drop_mark(&self, mark_key: &str) {
+        if self.marks.forget(mark_key) {
+            self.stats.invalidation_received();
+        }
+    }
+
     fn flush(&self) {
         if let Some(l1) = &self.l1 {
             l1.invalidate_all();
         }
+        self.marks.forget_all();
     }
 }
 
@@ -159,8 +171,58 @@ pub(crate) enum Found<V> {
 pub(crate) struct Decoded<V> {
     pub(crate) found: Found<V>,
     pub(crate) stamp: Stamp,
+    pub(crate) tags: Option<Tags>,
     /// Its encoded size.
     pub(crate) size: usize,
+}
+
+/// What an entry's envelope records besides the value.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Origin<'a> {
+    /// The load's duration (0: written, not loaded).
+    pub(crate) load_us: u32,
+    /// When the load started (`None`: now).
+    pub(crate) as_of_us: Option<u64>,
+    /// Checked tags.
+    pub(crate) tags: &'a [&'a str],
+}
+
+/// A value with the tags its entry carries: what a tagged loader returns.
+///
+/// ```
+/// let page = cachette::Tagged::new(vec![1, 2, 3]).tag("category:7");
+/// assert_eq!(page.tags, ["category:7"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged<T> {
+    /// The value.
+    pub value: T,
+    /// Its tags: 1–128 bytes each, at most 32.
+    pub tags: Vec<String>,
+}
+
+impl<T> Tagged<T> {
+    /// `value` with no tags yet.
+    pub fn new(value: T) -> Tagged<T> {
+        Tagged {
+            value,
+            tags: Vec::new(),
+        }
+    }
+
+    /// Adds a tag.
+    #[must_use]
+    pub fn tag(mut self, tag: impl Into<String>) -> Tagged<T> {
+        self.tags.push(tag.into());
+        self
+    }
+
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Tagged<U> {
+        Tagged {
+            value: f(self.value),
+            tags: self.tags,
+        }
+    }
 }
 
 /// A stored entry past its freshness but still kept: served at once while
@@ -184,6 +246,15 @@ impl<V> Clone for StaleCopy<V> {
             age: self.age,
         }
     }
+}
+
+/// What L1 holds for a key, as far as this process can tell now.
+pub(crate) enum L1Probe<V> {
+    Hit(Found<V>, Stamp),
+    Miss,
+    /// A copy whose marks (the namespace's, its tags') are not known here
+    /// yet.
+    Unsure(Option<Tags>),
 }
 
 /// What a store read found: a fresh entry (with its times), or a stale
@@ -240,7 +311,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// [`Error::Store`] when the store fails: a plain read cannot tell a miss
     /// from an outage on its own, so it says so. (Loads fail open instead.)
     pub async fn get(&self, key: &str) -> Result<Option<V>, Error> {
-        let found = match self.l1_lookup(key, true)? {
+        let found = match self.l1_lookup_fetching(key, true).await? {
             Some((found, _)) => found,
             None => {
                 let skey = self.inner.keys.store_key(key)?;
@@ -275,6 +346,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
             Ok(Some((hit, _))) => Either::Left(std::future::ready(Ok(found(hit)))),
             Err(e) => Either::Left(std::future::ready(Err(e))),
             Ok(None) => Either::Right(Box::pin(async move {
+                if let Some((hit, _)) = self.l1_lookup_fetching(key, true).await? {
+                    return Ok(found(hit));
+                }
                 let skey = self.inner.keys.store_key(key)?;
                 Ok(found(self.read(&skey, true, false).await?.found))
             })),
@@ -291,13 +365,56 @@ impl<V: Value, C: Codec> Cache<V, C> {
             .map(|k| self.inner.keys.store_key(k.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         let raw = self.observe(self.inner.store.get_many(&skeys).await)?;
-        Ok(raw
-            .iter()
-            .map(|bytes| match self.decode(bytes.as_deref(), true) {
+        let decoded = self.decode_many(&raw).await;
+        Ok(decoded
+            .into_iter()
+            .map(|found| match found {
                 Found::Value(v) => Some(Arc::unwrap_or_clone(v)),
                 Found::Absent | Found::Nothing => None,
             })
             .collect())
+    }
+
+    /// Decodes a batch read (fresh entries only), fetching the marks of
+    /// every entry's tags in one round trip; counts hits and misses.
+    pub(crate) async fn decode_many(&self, raw: &[Option<Bytes>]) -> Vec<Found<V>> {
+        let decoded: Vec<Option<Decoded<V>>> = raw
+            .iter()
+            .map(
+                |bytes| match bytes.as_deref().map(|b| self.decode_quiet(b)) {
+                    Some(Ok(decoded)) => Some(decoded),
+                    Some(Err(why)) => {
+                        self.inner.stats.invalid_entry(&why);
+                        None
+                    }
+                    None => None,
+                },
+            )
+            .collect();
+        let tags = decoded.iter().flatten().filter_map(|d| d.tags.as_ref());
+        let prefetched = self
+            .inner
+            .marks
+            .prefetch(self.inner.store.as_ref(), tags)
+            .await;
+        if let Err(e) = &prefetched {
+            self.inner.stats.store_error(e);
+        }
+        let now = envelope::now_ms();
+        decoded
+            .into_iter()
+            .map(|decoded| {
+                let found = match decoded.and_then(|d| self.screen_cached(d)) {
+                    Some(d) if self.inner.policy.age(d.stamp, now) == Age::Fresh => d.found,
+                    _ => Found::Nothing,
+                };
+                match found {
+                    Found::Value(_) | Found::Absent => self.inner.stats.hit(),
+                    Found::Nothing => self.inner.stats.miss(),
+                }
+                found
+            })
+            .collect()
     }
 
     /// Stores `value` under `key` for the namespace's TTL (with jitter).
@@ -321,7 +438,30 @@ impl<V: Value, C: Codec> Cache<V, C> {
     ) -> Result<(), Error> {
         let ttl = Ttl::new(ttl)?.jittered(self.inner.ttl_jitter);
         let skey = self.inner.keys.store_key(key)?;
-        let (bytes, kept_for) = self.encode(Some(value), ttl, 0)?;
+        let (bytes, kept_for) = self.encode(Some(value), ttl, Origin::default())?;
+        self.write_value(&skey, value, bytes, ttl, kept_for).await
+    }
+
+    /// Stores `value` under `key` for the namespace's TTL, carrying `tags`:
+    /// [`Cache::invalidate_tag`] of any of them voids it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTag`] (more than 32 tags, or one empty or over 128
+    /// bytes) and nothing is written; otherwise as [`Cache::set`].
+    pub async fn set_tagged<S: AsRef<str>>(
+        &self,
+        key: &str,
+        value: &V,
+        tags: &[S],
+    ) -> Result<(), Error> {
+        let tags = envelope::check_tags(tags).map_err(|reason| Error::InvalidTag { reason })?;
+        let ttl = self.inner.ttl.jittered(self.inner.ttl_jitter);
+        let skey = self.inner.keys.store_key(key)?;
+        let origin = Origin {
+            tags: &tags,
+            ..Origin::default()
+        };
+        let (bytes, kept_for) = self.encode(Some(value), ttl, origin)?;
         self.write_value(&skey, value, bytes, ttl, kept_for).await
     }
 
@@ -335,7 +475,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let mut batch = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             let ttl = self.inner.ttl.jittered(self.inner.ttl_jitter);
-            let (bytes, kept_for) = self.encode(Some(value), ttl, 0)?;
+            let (bytes, kept_for) = self.encode(Some(value), ttl, Origin::default())?;
             batch.push(StoreEntry {
                 key: self.inner.keys.store_key(key.as_ref())?,
                 value: bytes,
@@ -448,12 +588,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
         E: Into<BoxError> + 'static,
     {
         let loaded = self
-            .load(
-                key,
-                ttl,
-                false,
-                move || async move { loader().await.map(Some) },
-            )
+            .load(key, ttl, false, move || async move {
+                loader().await.map(|v| Tagged::new(Some(v)))
+            })
             .await?;
         loaded.ok_or_else(|| Error::Load {
             namespace: self.inner.namespace.clone(),
@@ -478,6 +615,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
+        let loader = move || async move { loader().await.map(Tagged::new) };
         Ok(self
             .load(key, self.inner.ttl, true, loader)
             .await?
@@ -498,7 +636,29 @@ impl<V: Value, C: Codec> Cache<V, C> {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
+        let loader = move || async move { loader().await.map(Tagged::new) };
         self.load(key, self.inner.ttl, true, loader).await
+    }
+
+    /// [`Cache::get_or_load`] whose loader decides the entry's tags (say,
+    /// the categories a listing page shows), returned with the value as a
+    /// [`Tagged`]. Invalid tags are logged and the value is returned
+    /// uncached.
+    ///
+    /// # Errors
+    /// As [`Cache::get_or_load`].
+    pub async fn get_or_load_tagged<F, Fut, E>(&self, key: &str, loader: F) -> Result<V, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Tagged<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let loader = move || async move { loader().await.map(|t| t.map(Some)) };
+        let loaded = self.load(key, self.inner.ttl, false, loader).await?;
+        loaded.map(Arc::unwrap_or_clone).ok_or_else(|| Error::Load {
+            namespace: self.inner.namespace.clone(),
+            source: Arc::new(NotFound),
+        })
     }
 
     /// Write-through: persists to the source first, then puts the value it
@@ -526,7 +686,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
             source: e.into(),
         })?;
         let ttl = self.inner.ttl.jittered(self.inner.ttl_jitter);
-        let written = match self.encode(Some(&value), ttl, 0) {
+        let written = match self.encode(Some(&value), ttl, Origin::default()) {
             Ok((bytes, kept_for)) => self.write_value(&skey, &value, bytes, ttl, kept_for).await,
             Err(e) => Err(e),
         };
@@ -574,11 +734,44 @@ impl<V: Value, C: Codec> Cache<V, C> {
         key: &str,
         absent_is_hit: bool,
     ) -> Result<Option<(Found<V>, Stamp)>, Error> {
+        Ok(match self.l1_probe(key, absent_is_hit)? {
+            L1Probe::Hit(found, stamp) => Some((found, stamp)),
+            L1Probe::Miss | L1Probe::Unsure(_) => None,
+        })
+    }
+
+    /// [`Cache::l1_lookup`] that, when the copy's marks are not known here
+    /// yet, fetches them (one round trip, not a read of the entry) and
+    /// looks again.
+    pub(crate) async fn l1_lookup_fetching(
+        &self,
+        key: &str,
+        absent_is_hit: bool,
+    ) -> Result<Option<(Found<V>, Stamp)>, Error> {
+        match self.l1_probe(key, absent_is_hit)? {
+            L1Probe::Hit(found, stamp) => Ok(Some((found, stamp))),
+            L1Probe::Miss => Ok(None),
+            L1Probe::Unsure(tags) => {
+                let fetched = self
+                    .inner
+                    .marks
+                    .prefetch(self.inner.store.as_ref(), tags.iter())
+                    .await;
+                if let Err(e) = fetched {
+                    self.inner.stats.store_error(&e);
+                    return Ok(None);
+                }
+                self.l1_lookup(key, absent_is_hit)
+            }
+        }
+    }
+
+    fn l1_probe(&self, key: &str, absent_is_hit: bool) -> Result<L1Probe<V>, Error> {
         let Some(l1) = &self.inner.l1 else {
-            return Ok(None);
+            return Ok(L1Probe::Miss);
         };
         if self.inner.coherence.is_some() && !self.l1_readable() {
-            return Ok(None);
+            return Ok(L1Probe::Miss);
         }
         let slot = KEY_BUF.with_borrow_mut(|buf| {
             buf.clear();
@@ -587,23 +780,35 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 .write_store_key(key, buf)
                 .map(|()| l1.get(buf))
         })?;
-        Ok(slot.map(|slot| {
-            let found = match slot.value {
-                Some(value) => {
-                    self.inner.stats.l1_hit();
-                    Found::Value(value)
-                }
-                None if absent_is_hit => {
-                    self.inner.stats.l1_hit();
-                    Found::Absent
-                }
-                None => {
-                    self.inner.stats.miss();
-                    Found::Absent
-                }
-            };
-            (found, slot.stamp)
-        }))
+        let Some(slot) = slot else {
+            return Ok(L1Probe::Miss);
+        };
+        // A mark that voids the copy: the store path decides what is left
+        // (an expired entry may still be a fail-safe fallback there).
+        match self
+            .inner
+            .marks
+            .judge_cached(slot.stamp.as_of_us, slot.tags.as_ref())
+        {
+            Some(Verdict::Valid) => {}
+            Some(_) => return Ok(L1Probe::Miss),
+            None => return Ok(L1Probe::Unsure(slot.tags)),
+        }
+        let found = match slot.value {
+            Some(value) => {
+                self.inner.stats.l1_hit();
+                Found::Value(value)
+            }
+            None if absent_is_hit => {
+                self.inner.stats.l1_hit();
+                Found::Absent
+            }
+            None => {
+                self.inner.stats.miss();
+                Found::Absent
+            }
+        };
+        Ok(L1Probe::Hit(found, slot.stamp))
     }
 
     /// Reads the store and decodes, counting the hit or miss; a cached "not
@@ -639,6 +844,10 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 return Ok(nothing);
             }
         };
+        let Some(decoded) = self.screen(decoded).await else {
+            self.inner.stats.miss();
+            return Ok(nothing);
+        };
         let now = envelope::now_ms();
         match self.inner.policy.age(decoded.stamp, now) {
             Age::Fresh => {}
@@ -669,7 +878,8 @@ impl<V: Value, C: Codec> Cache<V, C> {
             Found::Nothing => None,
         };
         if let Some(copy) = copy {
-            self.copy_to_l1(skey, ticket, copy, decoded.stamp, decoded.size);
+            let tags = decoded.tags.clone();
+            self.copy_to_l1(skey, ticket, copy, decoded.stamp, decoded.size, tags);
         }
         match decoded.found {
             Found::Value(_) => self.inner.stats.hit(),
@@ -681,29 +891,6 @@ impl<V: Value, C: Codec> Cache<V, C> {
             stamp: Some(decoded.stamp),
             stale: None,
         })
-    }
-
-    /// Decodes stored bytes, counting the hit or miss and any invalid
-    /// entry. Only a fresh entry is found.
-    fn decode(&self, bytes: Option<&[u8]>, absent_is_hit: bool) -> Found<V> {
-        let now = envelope::now_ms();
-        let found = match bytes.map(|b| self.decode_quiet(b)) {
-            None => Found::Nothing,
-            Some(Ok(decoded)) if self.inner.policy.age(decoded.stamp, now) == Age::Fresh => {
-                decoded.found
-            }
-            Some(Ok(_)) => Found::Nothing,
-            Some(Err(why)) => {
-                self.inner.stats.invalid_entry(&why);
-                Found::Nothing
-            }
-        };
-        match found {
-            Found::Value(_) => self.inner.stats.hit(),
-            Found::Absent if absent_is_hit => self.inner.stats.hit(),
-            Found::Absent | Found::Nothing => self.inner.stats.miss(),
-        }
-        found
     }
 
     pub(crate) fn decode_quiet(&self, bytes: &[u8]) -> Result<Decoded<V>, InvalidEntry> {
@@ -720,8 +907,42 @@ impl<V: Value, C: Codec> Cache<V, C> {
         Ok(Decoded {
             found,
             stamp: Stamp::from(entry.meta),
+            tags: entry.tags(),
             size: bytes.len(),
         })
+    }
+
+    /// Applies the invalidation marks to a decoded entry: `None` if a mark
+    /// removed it (or the marks could not be read: a miss is safe); an
+    /// expired entry comes back past its freshness, usable only as a
+    /// fail-safe fallback.
+    pub(crate) async fn screen(&self, decoded: Decoded<V>) -> Option<Decoded<V>> {
+        let verdict = self
+            .inner
+            .marks
+            .judge(
+                self.inner.store.as_ref(),
+                decoded.stamp.as_of_us,
+                decoded.tags.as_ref(),
+            )
+            .await;
+        match verdict {
+            Ok(verdict) => expire(decoded, verdict),
+            Err(e) => {
+                self.inner.stats.store_error(&e);
+                None
+            }
+        }
+    }
+
+    /// [`Cache::screen`] with the marks already fetched; an unknown mark
+    /// is a miss.
+    pub(crate) fn screen_cached(&self, decoded: Decoded<V>) -> Option<Decoded<V>> {
+        let verdict = self
+            .inner
+            .marks
+            .judge_cached(decoded.stamp.as_of_us, decoded.tags.as_ref())?;
+        expire(decoded, verdict)
     }
 
     /// Writes `value` (already encoded as `bytes`) to the store; the L1
@@ -735,8 +956,8 @@ impl<V: Value, C: Codec> Cache<V, C> {
         kept_for: Ttl,
     ) -> Result<(), Error> {
         let size = bytes.len();
-        let stamp = envelope::decode(&bytes)
-            .map(|e| Stamp::from(e.meta))
+        let (stamp, tags) = envelope::decode(&bytes)
+            .map(|e| (Stamp::from(e.meta), e.tags()))
             .unwrap_or_default();
         let ticket = self.inner.l1.as_ref().map(|l1| l1.ticket(skey));
         let written = self.write(skey, bytes, kept_for).await;
@@ -751,6 +972,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
                         size,
                         fresh_for,
                         stamp,
+                        tags,
                     );
                 }
                 Err(_) => l1.invalidate(skey),
@@ -811,14 +1033,17 @@ impl<V: Value, C: Codec> Cache<V, C> {
         &self,
         value: Option<&V>,
         ttl: Ttl,
-        load_us: u32,
+        origin: Origin<'_>,
     ) -> Result<(Bytes, Ttl), Error> {
         let (flags, kept) = match value {
             Some(_) => (0, self.inner.policy.retention()),
             None => (flags::NEGATIVE, Duration::ZERO),
         };
-        let meta = Meta::with_stale(flags, ttl.get(), kept, load_us);
-        let bytes = envelope::encode(meta, |out| match value {
+        let mut meta = Meta::with_stale(flags, ttl.get(), kept, origin.load_us);
+        if let Some(as_of_us) = origin.as_of_us {
+            meta = meta.as_of(as_of_us);
+        }
+        let bytes = envelope::encode(meta, origin.tags, |out| match value {
             Some(v) => self.inner.codec.encode(v, out),
             None => Ok(()),
         })
@@ -833,7 +1058,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 max: self.inner.max_value_bytes,
             });
         }
-        Ok((Bytes::from(bytes), ttl.saturating_add(kept)))
+        // No entry outlives the marks that may void it.
+        let kept_for = ttl.saturating_add(kept).min(self.inner.mark_ttl);
+        Ok((Bytes::from(bytes), kept_for))
     }
 
     /// How full the L1 tier is (`None` without one).
@@ -873,6 +1100,20 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// Loads in flight in this process now.
     pub fn loads_in_flight(&self) -> usize {
         self.inner.flights.len()
+    }
+}
+
+/// An entry as a mark's verdict leaves it.
+fn expire<V>(mut decoded: Decoded<V>, verdict: Verdict) -> Option<Decoded<V>> {
+    match verdict {
+        Verdict::Valid => Some(decoded),
+        Verdict::Removed => None,
+        Verdict::Expired => {
+            // Past its freshness and its stale-while-revalidate window:
+            // what is left is the fail-safe fallback, if configured.
+            decoded.stamp.fresh_until_ms = 0;
+            Some(decoded)
+        }
     }
 }
 

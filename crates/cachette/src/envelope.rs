@@ -27,6 +27,13 @@
 //! type  len  field
 //! 0x01    4  load_us: the load that produced the value took this many
 //!            microseconds (u32 LE), for early refresh; absent when unknown
+//! 0x02    8  as_of_us: unix µs (u64 LE) the value reflects the source as of:
+//!            a load's start, a write's time. Tag and namespace
+//!            invalidations at or after it void the entry. Absent in older
+//!            entries: created_at stands in.
+//! 0x82    n  tags (critical): count u8, then per tag its length u8 and its
+//!            UTF-8 bytes. A reader that ignored it would serve entries
+//!            whose tag was invalidated.
 //! ```
 //!
 //! A type
@@ -46,8 +53,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const MAGIC: [u8; 2] = [0xCA, 0xC7];
 /// The format version written by this build.
 pub const FORMAT_VERSION: u8 = 1;
-/// Bytes in an envelope around an empty payload with no extensions.
-pub const HEADER_BYTES: usize = 34;
+/// Bytes this build writes around an empty payload: the fixed header, the
+/// payload length and the `as_of_us` extension (no tags, no load time).
+pub const HEADER_BYTES: usize = 45;
 
 /// Entry flags.
 pub(crate) mod flags {
@@ -64,6 +72,15 @@ pub(crate) mod flags {
 const CRITICAL: u8 = 0x80;
 /// Extension: the duration of the load that produced the value.
 const EXT_LOAD_US: u8 = 0x01;
+/// Extension: the time the value reflects the source as of.
+const EXT_AS_OF_US: u8 = 0x02;
+/// Extension: the entry's tags.
+const EXT_TAGS: u8 = 0x82;
+
+/// Tags one entry may carry at most.
+pub const MAX_TAGS: usize = 32;
+/// The longest tag, in bytes.
+pub const MAX_TAG_BYTES: usize = 128;
 
 /// The leading bytes that tell one written entry from another (magic,
 /// version, flags, created_at, fresh_until): what a lease claim compares to
@@ -106,6 +123,8 @@ pub(crate) struct Meta {
     pub(crate) stale_until_ms: u64,
     /// How long the load that produced the value took (µs); 0 if unknown.
     pub(crate) load_us: u32,
+    /// The source as of this time (unix µs); see the extension table.
+    pub(crate) as_of_us: u64,
 }
 
 impl Meta {
@@ -120,7 +139,8 @@ impl Meta {
     /// `stale` longer as a fallback; `load_us` as in [`Meta::load_us`].
     pub(crate) fn with_stale(flags: u8, ttl: Duration, stale: Duration, load_us: u32) -> Meta {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let now = unix_ms(SystemTime::now());
+        let now_us = now_us();
+        let now = now_us / 1000;
         let fresh_until = now.saturating_add(ms(ttl));
         Meta {
             flags,
@@ -128,7 +148,15 @@ impl Meta {
             fresh_until_ms: fresh_until,
             stale_until_ms: fresh_until.saturating_add(ms(stale)),
             load_us,
+            as_of_us: now_us,
         }
+    }
+
+    /// This header with the source as of `as_of_us` (a load's start)
+    /// instead of now.
+    pub(crate) fn as_of(mut self, as_of_us: u64) -> Meta {
+        self.as_of_us = as_of_us.min(self.as_of_us);
+        self
     }
 
     pub(crate) fn is_negative(&self) -> bool {
@@ -140,15 +168,57 @@ impl Meta {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct EntryRef<'a> {
     pub(crate) meta: Meta,
+    /// The tags record's body (count, then the tags), empty without tags.
+    pub(crate) tags: &'a [u8],
     pub(crate) payload: &'a [u8],
+}
+
+impl EntryRef<'_> {
+    /// The entry's tags (already validated by [`decode`]).
+    pub(crate) fn tags(&self) -> Option<Tags> {
+        let body = self.tags.get(1..)?;
+        let mut out = Vec::with_capacity(usize::from(self.tags[0]));
+        let mut at = 0;
+        while let Some(&len) = body.get(at) {
+            let tag = body.get(at + 1..at + 1 + usize::from(len))?;
+            out.push(Box::from(std::str::from_utf8(tag).ok()?));
+            at += 1 + usize::from(len);
+        }
+        Some(Tags(out.into()))
+    }
+}
+
+/// The tags of an entry, shared by its copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tags(pub(crate) std::sync::Arc<[Box<str>]>);
+
+/// Checks tags for an entry: at most [`MAX_TAGS`], each 1 to
+/// [`MAX_TAG_BYTES`] bytes. Duplicates are dropped.
+pub(crate) fn check_tags<S: AsRef<str>>(tags: &[S]) -> Result<Vec<&str>, &'static str> {
+    let mut out: Vec<&str> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let tag = tag.as_ref();
+        if tag.is_empty() || tag.len() > MAX_TAG_BYTES {
+            return Err("a tag must be 1 to 128 bytes");
+        }
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    if out.len() > MAX_TAGS {
+        return Err("an entry carries at most 32 tags");
+    }
+    Ok(out)
 }
 
 /// Writes an envelope whose payload is produced by `write_payload`.
 ///
 /// The payload is serialized straight into the output buffer, then its
 /// length is patched in: one allocation per entry.
+/// `tags` must have passed [`check_tags`].
 pub(crate) fn encode<E>(
     meta: Meta,
+    tags: &[&str],
     write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
 ) -> Result<Vec<u8>, E> {
     let mut out = Vec::with_capacity(128);
@@ -158,14 +228,28 @@ pub(crate) fn encode<E>(
     out.extend_from_slice(&meta.created_at_ms.to_le_bytes());
     out.extend_from_slice(&meta.fresh_until_ms.to_le_bytes());
     out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
-    if meta.load_us == 0 {
-        out.extend_from_slice(&0u16.to_le_bytes());
-    } else {
-        out.extend_from_slice(&7u16.to_le_bytes());
+    let ext_at = out.len();
+    out.extend_from_slice(&0u16.to_le_bytes());
+    if meta.load_us != 0 {
         out.push(EXT_LOAD_US);
         out.extend_from_slice(&4u16.to_le_bytes());
         out.extend_from_slice(&meta.load_us.to_le_bytes());
     }
+    out.push(EXT_AS_OF_US);
+    out.extend_from_slice(&8u16.to_le_bytes());
+    out.extend_from_slice(&meta.as_of_us.to_le_bytes());
+    if !tags.is_empty() {
+        let len: usize = 1 + tags.iter().map(|t| 1 + t.len()).sum::<usize>();
+        out.push(EXT_TAGS);
+        out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_le_bytes());
+        out.push(u8::try_from(tags.len()).unwrap_or(u8::MAX));
+        for tag in tags {
+            out.push(u8::try_from(tag.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(tag.as_bytes());
+        }
+    }
+    let ext_len = u16::try_from(out.len() - ext_at - 2).unwrap_or(u16::MAX);
+    out[ext_at..ext_at + 2].copy_from_slice(&ext_len.to_le_bytes());
     let len_at = out.len();
     out.extend_from_slice(&0u32.to_le_bytes());
     write_payload(&mut out)?;
@@ -196,7 +280,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<EntryRef<'_>, InvalidEntry> {
         fresh_until_ms: r.u64()?,
         stale_until_ms: r.u64()?,
         load_us: 0,
+        as_of_us: 0,
     };
+    let mut tags: &[u8] = &[];
     let ext_len = usize::from(r.u16()?);
     let mut ext = Reader {
         bytes: r.take(ext_len)?,
@@ -209,6 +295,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<EntryRef<'_>, InvalidEntry> {
         if kind == EXT_LOAD_US {
             let bytes: [u8; 4] = body.try_into().map_err(|_| InvalidEntry::Truncated)?;
             meta.load_us = u32::from_le_bytes(bytes);
+        } else if kind == EXT_AS_OF_US {
+            let bytes: [u8; 8] = body.try_into().map_err(|_| InvalidEntry::Truncated)?;
+            meta.as_of_us = u64::from_le_bytes(bytes);
+        } else if kind == EXT_TAGS {
+            check_tags_record(body)?;
+            tags = body;
         } else if kind & CRITICAL != 0 {
             return Err(InvalidEntry::UnknownCriticalExtension(kind));
         }
@@ -218,7 +310,31 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<EntryRef<'_>, InvalidEntry> {
     if r.at != bytes.len() {
         return Err(InvalidEntry::Trailing);
     }
-    Ok(EntryRef { meta, payload })
+    if meta.as_of_us == 0 {
+        meta.as_of_us = meta.created_at_ms.saturating_mul(1000);
+    }
+    Ok(EntryRef {
+        meta,
+        tags,
+        payload,
+    })
+}
+
+/// A tags record must hold exactly its count of non-empty UTF-8 tags.
+fn check_tags_record(body: &[u8]) -> Result<(), InvalidEntry> {
+    let mut r = Reader { bytes: body, at: 0 };
+    let count = r.u8()?;
+    for _ in 0..count {
+        let len = usize::from(r.u8()?);
+        let tag = r.take(len)?;
+        if len == 0 || std::str::from_utf8(tag).is_err() {
+            return Err(InvalidEntry::Truncated);
+        }
+    }
+    if r.at != body.len() {
+        return Err(InvalidEntry::Trailing);
+    }
+    Ok(())
 }
 
 struct Reader<'a> {
@@ -286,6 +402,14 @@ pub(crate) fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
 }
 
+/// The current time in Unix microseconds.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -298,7 +422,7 @@ mod tests {
 
     fn sample(flags: u8, payload: &[u8]) -> Vec<u8> {
         let meta = Meta::new(flags, Duration::from_secs(60));
-        encode::<()>(meta, |out| {
+        encode::<()>(meta, &[], |out| {
             out.extend_from_slice(payload);
             Ok(())
         })
@@ -320,7 +444,7 @@ mod tests {
     #[test]
     fn load_duration_and_stale_window_round_trip() {
         let meta = Meta::with_stale(0, Duration::from_secs(1), Duration::from_secs(9), 1234);
-        let bytes = encode::<()>(meta, |out| {
+        let bytes = encode::<()>(meta, &[], |out| {
             out.push(b'1');
             Ok(())
         })
@@ -373,12 +497,13 @@ mod tests {
         let with_ext = |kind: u8| {
             let mut b = sample(0, b"7");
             // Splice one 2-byte extension record in at offset 30.
-            b[28..30].copy_from_slice(&5u16.to_le_bytes());
+            let len = u16::from_le_bytes([b[28], b[29]]) + 5;
+            b[28..30].copy_from_slice(&len.to_le_bytes());
             let rec = [kind, 2, 0, 0xAA, 0xBB];
             b.splice(30..30, rec);
             b
         };
-        assert_eq!(decode(&with_ext(0x02)).map(|e| e.payload), Ok(&b"7"[..]));
+        assert_eq!(decode(&with_ext(0x03)).map(|e| e.payload), Ok(&b"7"[..]));
         assert_eq!(
             decode(&with_ext(0x81)),
             Err(InvalidEntry::UnknownCriticalExtension(0x81))

@@ -25,6 +25,19 @@ pub enum Error {
         /// Why the key was refused.
         reason: &'static str,
     },
+    /// A tag cannot be stored (empty, over 128 bytes, or more than 32 on
+    /// one entry).
+    #[error("invalid tag: {reason}")]
+    InvalidTag {
+        /// Why the tag was refused.
+        reason: &'static str,
+    },
+    /// A key pattern cannot be used (empty).
+    #[error("invalid pattern: {reason}")]
+    InvalidPattern {
+        /// Why the pattern was refused.
+        reason: &'static str,
+    },
     /// A TTL outside what a store can honour (zero, under a millisecond, or
     /// over [`Ttl::MAX`](crate::Ttl::MAX)).
     #[error("invalid TTL {ttl:?}: {reason}")]

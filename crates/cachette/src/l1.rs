@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::sync::Cache as Moka;
 
+use crate::envelope::Tags;
 use crate::policy::Stamp;
 
 /// Lock stripes: enough that unrelated keys rarely share one (a shared
@@ -57,8 +58,10 @@ pub struct L1Usage {
 #[derive(Debug)]
 pub(crate) struct Slot<V> {
     pub(crate) value: Option<Arc<V>>,
-    /// The copied entry's times, for early refresh.
+    /// The copied entry's times, for early refresh and marks.
     pub(crate) stamp: Stamp,
+    /// Its tags: an L1 hit checks their marks.
+    pub(crate) tags: Option<Tags>,
     weight: u32,
     ttl: Duration,
 }
@@ -68,6 +71,7 @@ impl<V> Clone for Slot<V> {
         Slot {
             value: self.value.clone(),
             stamp: self.stamp,
+            tags: self.tags.clone(),
             weight: self.weight,
             ttl: self.ttl,
         }
@@ -171,8 +175,9 @@ impl<V: Send + Sync + 'static> L1<V> {
         size: usize,
         fresh_for: Duration,
         stamp: Stamp,
+        tags: Option<Tags>,
     ) -> bool {
-        let Some(slot) = self.slot(value, size, fresh_for, stamp) else {
+        let Some(slot) = self.slot(value, size, fresh_for, stamp, tags) else {
             return false;
         };
         let seq = self.lock(ticket.stripe);
@@ -197,8 +202,9 @@ impl<V: Send + Sync + 'static> L1<V> {
         size: usize,
         fresh_for: Duration,
         stamp: Stamp,
+        tags: Option<Tags>,
     ) {
-        let slot = self.slot(value, size, fresh_for, stamp);
+        let slot = self.slot(value, size, fresh_for, stamp, tags);
         let mut seq = self.lock(ticket.stripe);
         let undisturbed = self.undisturbed(*seq, ticket);
         *seq += 1;
@@ -237,6 +243,7 @@ impl<V: Send + Sync + 'static> L1<V> {
         size: usize,
         fresh_for: Duration,
         stamp: Stamp,
+        tags: Option<Tags>,
     ) -> Option<Slot<V>> {
         if size > self.config.max_entry_bytes {
             return None;
@@ -249,6 +256,7 @@ impl<V: Send + Sync + 'static> L1<V> {
         Some(Slot {
             value,
             stamp,
+            tags,
             weight,
             ttl,
         })
@@ -291,7 +299,8 @@ mod tests {
             v("old"),
             3,
             Duration::from_secs(5),
-            Stamp::default()
+            Stamp::default(),
+            None
         ));
         assert!(l1.get("k").is_none());
         let ticket = l1.ticket("k");
@@ -301,7 +310,8 @@ mod tests {
             v("new"),
             3,
             Duration::from_secs(5),
-            Stamp::default()
+            Stamp::default(),
+            None
         ));
         assert_eq!(
             l1.get("k")
@@ -323,6 +333,7 @@ mod tests {
             7,
             Duration::from_secs(5),
             Stamp::default(),
+            None,
         );
         assert!(!l1.fill(
             "k",
@@ -330,7 +341,8 @@ mod tests {
             v("old"),
             3,
             Duration::from_secs(5),
-            Stamp::default()
+            Stamp::default(),
+            None
         ));
         assert_eq!(
             l1.get("k")
@@ -347,7 +359,8 @@ mod tests {
             v("old"),
             3,
             Duration::from_secs(5),
-            Stamp::default()
+            Stamp::default(),
+            None
         ));
         assert!(l1.get("k").is_none());
     }
@@ -362,7 +375,8 @@ mod tests {
             v("old"),
             3,
             Duration::from_secs(5),
-            Stamp::default()
+            Stamp::default(),
+            None
         ));
         // Our write is on its way to the store; another instance's later
         // write is announced before our reply arrives.
@@ -375,6 +389,7 @@ mod tests {
             4,
             Duration::from_secs(5),
             Stamp::default(),
+            None,
         );
         assert!(l1.get("k").is_none(), "ours may be the older value");
         l1.put(
@@ -384,6 +399,7 @@ mod tests {
             4,
             Duration::from_secs(5),
             Stamp::default(),
+            None,
         );
         assert!(l1.get("k").is_some());
     }
@@ -398,10 +414,19 @@ mod tests {
             v("x"),
             1_001,
             Duration::from_secs(5),
-            Stamp::default()
+            Stamp::default(),
+            None
         ));
         let t = l1.ticket("stale");
-        assert!(!l1.fill("stale", t, v("x"), 1, Duration::ZERO, Stamp::default()));
+        assert!(!l1.fill(
+            "stale",
+            t,
+            v("x"),
+            1,
+            Duration::ZERO,
+            Stamp::default(),
+            None
+        ));
     }
 
     #[test]
@@ -414,7 +439,8 @@ mod tests {
             v("x"),
             1,
             Duration::from_millis(30),
-            Stamp::default()
+            Stamp::default(),
+            None
         ));
         assert!(l1.get("short").is_some());
         std::thread::sleep(Duration::from_millis(60));
@@ -428,7 +454,15 @@ mod tests {
             max_entry_bytes: 1_000,
         });
         let t = capped.ticket("k");
-        assert!(capped.fill("k", t, v("x"), 1, Duration::from_secs(60), Stamp::default()));
+        assert!(capped.fill(
+            "k",
+            t,
+            v("x"),
+            1,
+            Duration::from_secs(60),
+            Stamp::default(),
+            None
+        ));
         std::thread::sleep(Duration::from_millis(60));
         assert!(capped.get("k").is_none(), "expired with the cap");
     }

@@ -81,19 +81,24 @@
 //! ```
 
 pub mod backplane;
+mod batch;
 mod builder;
 mod cache;
 mod codec;
 mod error;
 mod flight;
+mod glob;
+mod invalidate;
 mod key;
 mod l1;
 mod load;
 mod loader;
+mod marks;
 mod policy;
 mod signal;
 mod stats;
 mod ttl;
+mod warm;
 
 pub mod envelope;
 pub mod store;
@@ -103,11 +108,14 @@ pub use crate::builder::{
     CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_L1_MAX_ENTRY_BYTES, DEFAULT_L1_TTL,
     DEFAULT_LEASE_TTL, DEFAULT_LEASE_WAIT, DEFAULT_MAX_VALUE_BYTES,
 };
-pub use crate::cache::{Cache, NotFound, Value};
+pub use crate::cache::{Cache, NotFound, Tagged, Value};
 pub use crate::codec::{Codec, Json};
 pub use crate::error::{BoxError, BuildError, Error};
+pub use crate::glob::escape_glob;
+pub use crate::invalidate::{DEFAULT_MARK_POLL, SCAN_BATCH, Sweep};
 pub use crate::key::DEFAULT_MAX_KEY_BYTES;
 pub use crate::l1::L1Usage;
 pub use crate::loader::{Loader, ReadThrough};
 pub use crate::stats::Stats;
 pub use crate::ttl::Ttl;
+pub use crate::warm::{WarmOptions, WarmReport};

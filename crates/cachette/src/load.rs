@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 
 use crate::backplane::Change;
-use crate::cache::{Cache, Found, Read, StaleCopy, Value, panic_message};
+use crate::cache::{Cache, Decoded, Found, Origin, Read, StaleCopy, Tagged, Value, panic_message};
 use crate::codec::Codec;
-use crate::envelope::{self, IDENTITY_BYTES};
+use crate::envelope::{self, IDENTITY_BYTES, Tags};
 use crate::flight::{Failure, Flight, Outcome, Role, Settle};
 use crate::l1::Ticket;
 use crate::policy::{Age, Stamp};
@@ -42,8 +42,17 @@ pub(crate) enum Job<V> {
     Refresh { created_ms: u64 },
 }
 
+/// A load's result, with what its entry records.
+pub(crate) struct Loaded<V> {
+    pub(crate) value: Option<Arc<V>>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) took: Duration,
+    /// When the load started (unix µs).
+    pub(crate) as_of_us: u64,
+}
+
 /// Whether the flight holds the lease.
-enum Standing {
+pub(crate) enum Standing {
     Leased(LeaseToken),
     /// Loading without a lease (the store is down, or the holder is too
     /// slow): the value is returned but not stored.
@@ -66,11 +75,11 @@ impl<V: Value, C: Codec> Cache<V, C> {
     ) -> Result<Option<Arc<V>>, Error>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Tagged<Option<V>>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         let skey = self.inner.keys.store_key(key)?;
-        let read = match self.l1_lookup(key, optional)? {
+        let read = match self.l1_lookup_fetching(key, optional).await? {
             Some((found, stamp)) => Ok(Read {
                 found,
                 stamp: Some(stamp),
@@ -136,7 +145,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// fallback is at hand, and the stale value instead of a failure. (The
     /// hard timeout is the flight's: it bounds the whole load, lease wait
     /// included, and releases the lease before its callers hear of it.)
-    async fn await_flight(
+    pub(crate) async fn await_flight(
         &self,
         flight: &Flight<Arc<V>>,
         stale: Option<StaleCopy<V>>,
@@ -187,7 +196,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         loader: F,
     ) where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Tagged<Option<V>>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         if self
@@ -204,7 +213,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
     fn refresh<F, Fut, E>(&self, skey: &str, created_ms: u64, ttl: Ttl, optional: bool, loader: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Tagged<Option<V>>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         // Without a runtime there is nothing to run it on; the value served
@@ -224,7 +233,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
 
     /// The body of a flight: runs detached from any caller.
     #[allow(clippy::too_many_arguments)]
-    async fn fly<F, Fut, E>(
+    pub(crate) async fn fly<F, Fut, E>(
         self,
         skey: String,
         flight: Arc<Flight<Arc<V>>>,
@@ -235,7 +244,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         job: Job<V>,
     ) where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Tagged<Option<V>>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         let outcome = self.run_flight(&skey, ttl, optional, loader, job).await;
@@ -255,7 +264,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
     ) -> Outcome<Arc<V>>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Tagged<Option<V>>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         // Taken before anything is read: an invalidation of the key from
@@ -285,44 +294,85 @@ impl<V: Value, C: Codec> Cache<V, C> {
             Claimed::Load(standing) => standing,
         };
         let started = Instant::now();
+        // The source as of the load's start: an invalidation from here on
+        // voids this value (see `marks`).
+        let as_of_us = envelope::now_us();
         let result = self
             .run_loader(skey, &standing, hard_deadline, loader)
             .await;
         let took = started.elapsed();
         self.inner.stats.load(took);
-        let value = match result {
-            Ok(value) => value.map(Arc::new),
+        let (value, tags) = match result {
+            Ok(Tagged { value, tags }) => (value.map(Arc::new), tags),
             Err(failure) => {
                 self.inner.stats.load_error();
                 self.after_failure(skey, &standing, ticket, fallback).await;
                 return Err(failure);
             }
         };
+        let token = match standing {
+            Standing::Leased(token) => token,
+            Standing::Unfenced => return Ok(value),
+        };
+        let loaded = Loaded {
+            value: value.clone(),
+            tags,
+            took,
+            as_of_us,
+        };
+        self.store_loaded(skey, &token, ticket, ttl, optional, loaded)
+            .await;
+        Ok(value)
+    }
+
+    /// Stores a loaded value under the lease `token` holds (or ends the
+    /// lease if there is nothing to store), copies it to L1 and tells the
+    /// waiters. A refused fill (a write came first) is counted.
+    pub(crate) async fn store_loaded(
+        &self,
+        skey: &str,
+        token: &LeaseToken,
+        ticket: Option<Ticket>,
+        ttl: Ttl,
+        optional: bool,
+        loaded: Loaded<V>,
+    ) {
+        let Loaded {
+            value,
+            tags,
+            took,
+            as_of_us,
+        } = loaded;
         let fill_ttl = match (&value, self.inner.negative_ttl) {
             (Some(_), _) => Some(ttl.jittered(self.inner.ttl_jitter)),
             (None, Some(negative)) if optional => Some(negative),
             (None, _) => None,
         };
-        let token = match standing {
-            Standing::Leased(token) => token,
-            Standing::Unfenced => return Ok(value),
-        };
         let Some(fill_ttl) = fill_ttl else {
-            self.end_lease(skey, &token).await;
-            return Ok(value);
+            self.end_lease(skey, token).await;
+            return;
         };
         let load_us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX).max(1);
-        match self.encode(value.as_deref(), fill_ttl, load_us) {
+        let encoded = envelope::check_tags(&tags)
+            .map_err(|reason| Error::InvalidTag { reason })
+            .and_then(|tags| {
+                let origin = Origin {
+                    load_us,
+                    as_of_us: Some(as_of_us),
+                    tags: &tags,
+                };
+                self.encode(value.as_deref(), fill_ttl, origin)
+            });
+        match encoded {
             Ok((bytes, kept_for)) => {
                 let size = bytes.len();
-                let stamp = envelope::decode(&bytes)
-                    .map(|e| Stamp::from(e.meta))
+                let (stamp, tags) = envelope::decode(&bytes)
+                    .map(|e| (Stamp::from(e.meta), e.tags()))
                     .unwrap_or_default();
-                let filled = self.inner.store.fill(skey, &token, bytes, kept_for).await;
+                let filled = self.inner.store.fill(skey, token, bytes, kept_for).await;
                 match self.observe(filled) {
                     Ok(true) => {
-                        let copy = value.clone();
-                        self.copy_to_l1(skey, ticket, copy, stamp, size);
+                        self.copy_to_l1(skey, ticket, value, stamp, size, tags);
                         // Wakes waiters elsewhere, and drops copies other
                         // instances may hold from before the entry left the
                         // store; never waited for.
@@ -338,11 +388,10 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 signal::wake(skey);
             }
             Err(err) => {
-                self.end_lease(skey, &token).await;
+                self.end_lease(skey, token).await;
                 tracing::warn!(namespace = %self.inner.namespace, error = %err, "loaded value not cached");
             }
         }
-        Ok(value)
     }
 
     /// A refresh first looks at what the store holds now: if the entry was
@@ -354,11 +403,15 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let Ok(decoded) = self.decode_quiet(&bytes) else {
             return Current::Same(None);
         };
+        let Some(decoded) = self.screen(decoded).await else {
+            return Current::Same(None);
+        };
         let age = self.inner.policy.age(decoded.stamp, envelope::now_ms());
         if decoded.stamp.created_ms != created_ms && age == Age::Fresh {
             if let Found::Value(value) = &decoded.found {
                 let copy = Some(Arc::clone(value));
-                self.copy_to_l1(skey, ticket, copy, decoded.stamp, decoded.size);
+                let tags = decoded.tags.clone();
+                self.copy_to_l1(skey, ticket, copy, decoded.stamp, decoded.size, tags);
             }
             return Current::Replaced(match decoded.found {
                 Found::Value(value) => Some(value),
@@ -419,27 +472,33 @@ impl<V: Value, C: Codec> Cache<V, C> {
                     let Ok(decoded) = self.decode_quiet(&bytes) else {
                         continue;
                     };
+                    // Voided by a mark: as good as absent, so claim it
+                    // (`seen` already names it).
+                    let Some(decoded) = self.screen(decoded).await else {
+                        continue;
+                    };
                     let age = policy.age(decoded.stamp, envelope::now_ms());
-                    match (age, decoded.found) {
+                    let Decoded {
+                        found,
+                        stamp,
+                        tags,
+                        size,
+                    } = decoded;
+                    match (age, found) {
                         (Age::Fresh, Found::Value(value)) => {
-                            self.copy_to_l1(
-                                skey,
-                                ticket,
-                                Some(Arc::clone(&value)),
-                                decoded.stamp,
-                                decoded.size,
-                            );
+                            let copy = Some(Arc::clone(&value));
+                            self.copy_to_l1(skey, ticket, copy, stamp, size, tags);
                             return Claimed::Done(Ok(Some(value)));
                         }
                         (Age::Fresh, Found::Absent) if optional => {
-                            self.copy_to_l1(skey, ticket, None, decoded.stamp, decoded.size);
+                            self.copy_to_l1(skey, ticket, None, stamp, size, tags);
                             return Claimed::Done(Ok(None));
                         }
                         (Age::Stale | Age::Fallback, Found::Value(value)) => {
                             *fallback = Some(StaleCopy {
                                 value,
                                 bytes,
-                                stamp: decoded.stamp,
+                                stamp,
                                 age,
                             });
                         }
@@ -496,10 +555,10 @@ impl<V: Value, C: Codec> Cache<V, C> {
         standing: &Standing,
         hard_deadline: Option<Instant>,
         loader: F,
-    ) -> Result<Option<V>, Failure>
+    ) -> Result<Tagged<Option<V>>, Failure>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Tagged<Option<V>>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         let load = async move {
@@ -552,7 +611,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// After a failed load: with a fallback, the fail-safe serves it as
     /// fresh for the throttle period (so the source sees one attempt per
     /// key per period); otherwise the lease is released so waiters retry.
-    async fn after_failure(
+    pub(crate) async fn after_failure(
         &self,
         skey: &str,
         standing: &Standing,
@@ -609,7 +668,8 @@ impl<V: Value, C: Codec> Cache<V, C> {
             fresh_until_ms: until,
             ..stale.stamp
         };
-        self.copy_to_l1(skey, ticket, Some(stale.value), stamp, size);
+        let tags = envelope::decode(&stale.bytes).ok().and_then(|e| e.tags());
+        self.copy_to_l1(skey, ticket, Some(stale.value), stamp, size, tags);
         let _ = self.announce(Change::Key(skey), false).await;
         signal::wake(skey);
         true
@@ -617,7 +677,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
 
     /// Releases the lease and tells waiters (here and elsewhere) to look
     /// again.
-    async fn end_lease(&self, skey: &str, token: &LeaseToken) {
+    pub(crate) async fn end_lease(&self, skey: &str, token: &LeaseToken) {
         let released = self.inner.store.release_lease(skey, token).await;
         if matches!(self.observe(released), Ok(true)) {
             let _ = self.announce(Change::Key(skey), false).await;
@@ -633,6 +693,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         value: Option<Arc<V>>,
         stamp: Stamp,
         size: usize,
+        tags: Option<Tags>,
     ) {
         if let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket) {
             let fresh_for =
@@ -644,6 +705,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 size,
                 self.l1_fresh_for(fresh_for),
                 stamp,
+                tags,
             );
         }
     }
@@ -666,6 +728,6 @@ enum Claimed<V> {
 }
 
 /// The bytes a claim compares to tell whether the entry changed.
-fn identity(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn identity(bytes: &[u8]) -> Vec<u8> {
     bytes[..bytes.len().min(IDENTITY_BYTES)].to_vec()
 }

@@ -64,6 +64,9 @@ pub(crate) struct Stamp {
     pub(crate) fresh_until_ms: u64,
     pub(crate) stale_until_ms: u64,
     pub(crate) load_us: u32,
+    /// The source as of this time (unix µs): what invalidation marks are
+    /// compared with.
+    pub(crate) as_of_us: u64,
 }
 
 impl From<Meta> for Stamp {
@@ -73,6 +76,7 @@ impl From<Meta> for Stamp {
             fresh_until_ms: meta.fresh_until_ms,
             stale_until_ms: meta.stale_until_ms,
             load_us: meta.load_us,
+            as_of_us: meta.as_of_us,
         }
     }
 }
@@ -159,6 +163,7 @@ mod tests {
             fresh_until_ms,
             stale_until_ms,
             load_us,
+            as_of_us: 0,
         }
     }
 

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cachette::Cache;
 use cachette::Ttl;
-use cachette::store::{Claim, LeaseToken, Store, StoreEntry, StoreError, StoreKind};
+use cachette::store::{Claim, LeaseToken, Mark, Store, StoreEntry, StoreError, StoreKind};
 use cachette_test::{Fixture, for_each_store};
 use tokio::sync::{Barrier, Notify, Semaphore};
 
@@ -164,6 +164,18 @@ impl Store for Gated {
     }
     async fn release_lease(&self, key: &str, token: &LeaseToken) -> Result<bool, StoreError> {
         self.inner.release_lease(key, token).await
+    }
+
+    async fn raise_mark(&self, key: &str, mark: Mark, ttl: Ttl) -> Result<Mark, StoreError> {
+        self.inner.raise_mark(key, mark, ttl).await
+    }
+
+    async fn delete_matching(&self, pattern: &str, batch: usize) -> Result<u64, StoreError> {
+        self.inner.delete_matching(pattern, batch).await
+    }
+
+    async fn sweep(&self, pattern: &str, before_ms: u64, batch: usize) -> Result<u64, StoreError> {
+        self.inner.sweep(pattern, before_ms, batch).await
     }
 }
 

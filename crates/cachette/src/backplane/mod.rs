@@ -279,6 +279,8 @@ pub(crate) enum Change<'a> {
     Key(&'a str),
     /// Every entry under this key head.
     Namespace(&'a str),
+    /// The invalidation mark under this store key was raised.
+    Mark(&'a str),
 }
 
 /// An announcement whose delivery a read-your-writes write waits for.
@@ -470,6 +472,13 @@ impl Backplane {
                 s.registry.each(head, Some(origin), |l| l.drop_namespace());
                 Outgoing::Namespace {
                     head: head.to_owned(),
+                    reply,
+                }
+            }
+            Change::Mark(key) => {
+                s.registry.all(Some(origin), |l| l.drop_mark(key));
+                Outgoing::Mark {
+                    key: key.to_owned(),
                     reply,
                 }
             }

@@ -44,6 +44,11 @@ pub(crate) enum Outgoing {
         head: String,
         reply: Option<oneshot::Sender<Published>>,
     },
+    /// The invalidation mark under this store key was raised.
+    Mark {
+        key: String,
+        reply: Option<oneshot::Sender<Published>>,
+    },
     /// We applied `to`'s messages up to `upto`.
     Ack { to: u64, upto: u64 },
     /// A heartbeat out of turn, whose echo tells the caller that every
@@ -95,6 +100,15 @@ pub(crate) async fn run(
                     (
                         &shared.channel,
                         shared.message(seq, ack_wanted, Body::Namespace(&head)),
+                    )
+                }
+                Outgoing::Mark { key, reply } => {
+                    seq += 1;
+                    let ack_wanted = reply.is_some();
+                    replies.extend(reply.map(|r| (r, seq)));
+                    (
+                        &shared.channel,
+                        shared.message(seq, ack_wanted, Body::Mark(&key)),
                     )
                 }
                 Outgoing::Marker { reply } => {

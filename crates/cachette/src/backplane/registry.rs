@@ -15,6 +15,9 @@ pub(crate) trait Listener: Send + Sync {
     fn drop_key(&self, store_key: &str);
     /// Another instance cleared the whole namespace.
     fn drop_namespace(&self);
+    /// Another instance raised the invalidation mark under `mark_key`
+    /// (each cache checks whether it is one of its own).
+    fn drop_mark(&self, mark_key: &str);
     /// Copies may have missed invalidations (the backplane was down).
     fn flush(&self);
 }
@@ -67,11 +70,15 @@ impl Registry {
         });
     }
 
-    /// Runs `f` on every live listener.
-    pub(crate) fn all(&self, f: impl Fn(&dyn Listener)) {
+    /// Runs `f` on every live listener except `except`.
+    pub(crate) fn all(&self, except: Option<u64>, f: impl Fn(&dyn Listener)) {
         self.read(|by_head| {
-            for listener in by_head.values().flatten().filter_map(|(_, l)| l.upgrade()) {
-                f(listener.as_ref());
+            for (id, listener) in by_head.values().flatten() {
+                if Some(*id) != except
+                    && let Some(listener) = listener.upgrade()
+                {
+                    f(listener.as_ref());
+                }
             }
         });
     }

@@ -213,7 +213,8 @@ impl Shared {
                 }
             }
             Body::Namespace(head) => self.registry.each(head, None, |l| l.drop_namespace()),
-            Body::FlushAll => self.registry.all(|l| l.flush()),
+            Body::Mark(key) => self.registry.all(None, |l| l.drop_mark(key)),
+            Body::FlushAll => self.registry.all(None, |l| l.flush()),
             Body::Heartbeat { lease, .. } => self.fleet.heard(message.sender, lease),
             Body::Ack => self.fleet.acked(message.sender, message.seq),
         }
@@ -231,7 +232,7 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = local_addr;
         // Messages published while we were not subscribed are lost: drop
         // every copy that could have missed one.
-        self.registry.all(|l| l.flush());
+        self.registry.all(None, |l| l.flush());
         let reconnects = self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
         if reconnects > 0 {
             tracing::info!("cachette backplane subscribed again; L1 flushed");
@@ -243,7 +244,7 @@ impl Shared {
         // flush sees the short cap; one that checked before is refused by
         // the flush.
         let was_healthy = self.health.revoke();
-        self.registry.all(|l| l.flush());
+        self.registry.all(None, |l| l.flush());
         self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
         if was_healthy {
             let why = match lost {

@@ -7,11 +7,12 @@
 //! * `c1` is the format version (the channel name carries it too), so a
 //!   future format can run beside this one during a rolling deploy.
 //! * `kind`: `k` a key changed (body: the store key), `n` a namespace was
-//!   cleared (body: its key head), `f` every copy of the sender's
+//!   cleared (body: its key head), `m` an invalidation mark was raised
+//!   (body: the mark's store key), `f` every copy of the sender's
 //!   namespaces is suspect (its announcements were lost), `h` heartbeat
 //!   (body: `<lease ms>|<sent ns>`), `a` acknowledgement (seq: every
-//!   message of the addressee up to it was applied). Upper-case `K` and
-//!   `N` ask for an acknowledgement (read-your-writes writes).
+//!   message of the addressee up to it was applied). Upper-case `K`, `N`
+//!   and `M` ask for an acknowledgement (read-your-writes writes).
 //! * `sender` is the instance's random id: receivers skip their own
 //!   messages (except heartbeats, which prove the round trip).
 //! * `seq` is the sender's sequence number, assigned in publishing order, so
@@ -31,6 +32,9 @@ pub(crate) enum Body<'a> {
     Key(&'a str),
     /// Every entry under this key head changed: drop every copy.
     Namespace(&'a str),
+    /// The invalidation mark under this store key was raised: read it
+    /// again before judging an entry by it.
+    Mark(&'a str),
     /// Announcements of the sender were lost: drop every copy.
     FlushAll,
     /// The sender is alive, holding a lease of this length.
@@ -56,13 +60,15 @@ impl Message<'_> {
             (Body::Key(_), true) => 'K',
             (Body::Namespace(_), false) => 'n',
             (Body::Namespace(_), true) => 'N',
+            (Body::Mark(_), false) => 'm',
+            (Body::Mark(_), true) => 'M',
             (Body::FlushAll, _) => 'f',
             (Body::Heartbeat { .. }, _) => 'h',
             (Body::Ack, _) => 'a',
         };
         let head = format!("{VERSION}|{kind}|{:016x}|{}|", self.sender, self.seq);
         match &self.body {
-            Body::Key(text) | Body::Namespace(text) => head + text,
+            Body::Key(text) | Body::Namespace(text) | Body::Mark(text) => head + text,
             Body::FlushAll | Body::Ack => head,
             Body::Heartbeat { lease, sent_ns } => {
                 format!("{head}{}|{sent_ns}", lease.as_millis())
@@ -85,6 +91,7 @@ impl Message<'_> {
         let (body, ack_wanted) = match kind {
             "k" | "K" if !body.is_empty() => (Body::Key(body), kind == "K"),
             "n" | "N" if !body.is_empty() => (Body::Namespace(body), kind == "N"),
+            "m" | "M" if !body.is_empty() => (Body::Mark(body), kind == "M"),
             "f" => (Body::FlushAll, false),
             "a" => (Body::Ack, false),
             "h" => {
@@ -138,6 +145,12 @@ mod tests {
                 seq: u64::MAX,
                 ack_wanted,
                 body: Body::Namespace("shop:product:v2:"),
+            });
+            round_trip(Message {
+                sender: 3,
+                seq: 4,
+                ack_wanted,
+                body: Body::Mark("shop:listing:tag:{category|7}"),
             });
         }
         for body in [

@@ -29,8 +29,9 @@ use moka::Expiry;
 use moka::sync::Cache as MokaCache;
 
 use super::lease::{Claim, Lease, LeaseToken, changed_since};
-use super::{Store, StoreEntry, StoreError, StoreKind};
+use super::{Mark, Store, StoreEntry, StoreError, StoreKind, created_ms};
 use crate::Ttl;
+use crate::glob;
 
 #[derive(Debug, Clone)]
 struct Slot {
@@ -326,5 +327,73 @@ impl Store for EmbeddedStore {
             leases.remove(key);
         }
         Ok(false)
+    }
+
+    async fn raise_mark(&self, key: &str, mark: Mark, ttl: Ttl) -> Result<Mark, StoreError> {
+        // The key's stripe orders concurrent raises: each reads and writes
+        // under it, so none is lost.
+        let _stripe = self.leases.lock(key);
+        let current = self
+            .entries
+            .get(key)
+            .and_then(|slot| Mark::parse(&slot.value))
+            .unwrap_or_default();
+        let raised = current.merge(mark);
+        self.insert(key.to_owned(), Bytes::from(raised.encode()), ttl);
+        Ok(raised)
+    }
+
+    async fn delete_matching(&self, pattern: &str, _batch: usize) -> Result<u64, StoreError> {
+        let now = Instant::now();
+        let matching: Vec<Arc<String>> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| glob::matches(pattern.as_bytes(), key.as_bytes()))
+            .map(|(key, _)| key)
+            .collect();
+        let mut deleted = 0;
+        for key in matching {
+            let mut leases = self.leases.lock(&key);
+            leases.remove(key.as_str());
+            if self
+                .entries
+                .remove(key.as_str())
+                .is_some_and(|slot| slot.expires_at > now)
+            {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn sweep(
+        &self,
+        pattern: &str,
+        created_before_ms: u64,
+        _batch: usize,
+    ) -> Result<u64, StoreError> {
+        let old = |value: &[u8]| created_ms(value).is_some_and(|ms| ms < created_before_ms);
+        let matching: Vec<Arc<String>> = self
+            .entries
+            .iter()
+            .filter(|(key, slot)| {
+                glob::matches(pattern.as_bytes(), key.as_bytes()) && old(&slot.value)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        let mut deleted = 0;
+        for key in matching {
+            let _stripe = self.leases.lock(&key);
+            // Checked again under the stripe: a write may have replaced it.
+            if self
+                .entries
+                .get(key.as_str())
+                .is_some_and(|s| old(&s.value))
+            {
+                self.entries.invalidate(key.as_str());
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 }

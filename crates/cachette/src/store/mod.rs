@@ -35,6 +35,7 @@ pub use self::embedded::EmbeddedStore;
 pub use self::lease::{Claim, Lease, LeaseToken};
 pub(crate) use self::redis::classify;
 pub use self::redis::{RedisConfig, RedisStore};
+pub use crate::marks::Mark;
 
 /// One entry of a batched write.
 #[derive(Debug, Clone)]
@@ -170,4 +171,41 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// Ends the lease of `key` if `token` holds it (never someone else's).
     async fn release_lease(&self, key: &str, token: &LeaseToken) -> Result<bool, StoreError>;
+
+    /// Raises the invalidation mark under `key` to at least `mark` (each
+    /// time to the later of the two: a mark never goes back), kept for
+    /// `ttl`; returns the mark now stored. One atomic round trip. See
+    /// `marks` for what marks are.
+    async fn raise_mark(&self, key: &str, mark: Mark, ttl: Ttl) -> Result<Mark, StoreError>;
+
+    /// Deletes every entry whose key matches the glob `pattern` (Redis
+    /// rules), with its lease, walking the keyspace in batches of about
+    /// `batch` keys: `SCAN` and `UNLINK` on Redis, never `KEYS`, so the
+    /// server keeps answering other clients in between. Returns how many
+    /// keys matched and were deleted.
+    async fn delete_matching(&self, pattern: &str, batch: usize) -> Result<u64, StoreError>;
+
+    /// Deletes entries matching `pattern` that were created before
+    /// `created_before_ms` (unix ms, from the envelope), in batches like
+    /// [`Store::delete_matching`]; newer entries and other values stay.
+    /// Physical cleanup after a namespace clear.
+    async fn sweep(
+        &self,
+        pattern: &str,
+        created_before_ms: u64,
+        batch: usize,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Rounds of a keyspace walk at most: a backstop against a store whose
+/// cursor never comes back to 0, far above any real keyspace / batch.
+pub(crate) const MAX_SCAN_ROUNDS: usize = 10_000_000;
+
+/// The creation time (unix ms) of an encoded entry, from its header;
+/// `None` for anything that is not an entry.
+pub(crate) fn created_ms(value: &[u8]) -> Option<u64> {
+    if value.get(..2)? != crate::envelope::MAGIC {
+        return None;
+    }
+    Some(u64::from_le_bytes(value.get(4..12)?.try_into().ok()?))
 }

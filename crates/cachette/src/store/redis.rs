@@ -38,7 +38,7 @@ use redis::{
 };
 
 use super::lease::{Claim, Lease, LeaseToken, lease_key};
-use super::{Store, StoreEntry, StoreError, StoreKind};
+use super::{MAX_SCAN_ROUNDS, Mark, Store, StoreEntry, StoreError, StoreKind};
 use crate::{BuildError, Ttl};
 
 /// How to reach Redis. Built from a URL or from the environment.
@@ -226,6 +226,8 @@ struct Scripts {
     fill: Script,
     extend: Script,
     release: Script,
+    raise_mark: Script,
+    sweep: Script,
 }
 
 impl Scripts {
@@ -264,6 +266,45 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+",
+            ),
+            // KEYS[1] is the mark. ARGV: removed µs, expired µs, ttl ms.
+            // Lua numbers are doubles: exact for µs times until 2255.
+            raise_mark: Script::new(
+                r"
+local r, e = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local cr, ce = string.match(cur, '^(%d+) (%d+)$')
+  if cr then
+    r = math.max(r, tonumber(cr))
+    e = math.max(e, tonumber(ce))
+  end
+end
+local v = string.format('%d %d', r, e)
+redis.call('SET', KEYS[1], v, 'PX', ARGV[3])
+return v
+",
+            ),
+            // KEYS: candidates. ARGV: created-before ms. Unlinks the
+            // entries (magic bytes, then created_at u64 LE at offset 4)
+            // created before it; leaves everything else.
+            sweep: Script::new(
+                r"
+local n = 0
+local before = tonumber(ARGV[1])
+for _, k in ipairs(KEYS) do
+  local h = redis.call('GETRANGE', k, 0, 11)
+  if #h == 12 and string.byte(h, 1) == 202 and string.byte(h, 2) == 199 then
+    local t = 0
+    for j = 12, 5, -1 do t = t * 256 + string.byte(h, j) end
+    if t < before then
+      redis.call('UNLINK', k)
+      n = n + 1
+    end
+  end
+end
+return n
 ",
             ),
             // KEYS[1] is the lease. ARGV: token.
@@ -515,5 +556,102 @@ impl Store for RedisStore {
             })
             .await?;
         Ok(released == 1)
+    }
+
+    async fn raise_mark(&self, key: &str, mark: Mark, ttl: Ttl) -> Result<Mark, StoreError> {
+        let stored: String = self
+            .run(|mut conn| {
+                let mut call = self.scripts.raise_mark.key(key);
+                call.arg(mark.removed_us)
+                    .arg(mark.expired_us)
+                    .arg(ttl.as_millis());
+                async move { call.invoke_async(&mut conn).await }
+            })
+            .await?;
+        // The script writes what it returns; anything else is a bug there.
+        Mark::parse(stored.as_bytes()).ok_or_else(|| StoreError::Refused {
+            store: StoreKind::Redis,
+            source: format!("unexpected mark {stored:?}").into(),
+        })
+    }
+
+    async fn delete_matching(&self, pattern: &str, batch: usize) -> Result<u64, StoreError> {
+        self.scan(pattern, batch, |keys| async move {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("UNLINK").arg(lease_key(key)).ignore();
+                pipe.cmd("UNLINK").arg(key);
+            }
+            let pipe = &pipe;
+            let removed: Vec<i64> = self
+                .run(|mut conn| async move { pipe.query_async(&mut conn).await })
+                .await?;
+            Ok(removed.iter().map(|n| u64::try_from(*n).unwrap_or(0)).sum())
+        })
+        .await
+    }
+
+    async fn sweep(
+        &self,
+        pattern: &str,
+        created_before_ms: u64,
+        batch: usize,
+    ) -> Result<u64, StoreError> {
+        self.scan(pattern, batch, |keys| async move {
+            let swept: i64 = self
+                .run(|mut conn| {
+                    let mut call = self.scripts.sweep.prepare_invoke();
+                    for key in &keys {
+                        call.key(key);
+                    }
+                    call.arg(created_before_ms);
+                    async move { call.invoke_async(&mut conn).await }
+                })
+                .await?;
+            Ok(u64::try_from(swept).unwrap_or(0))
+        })
+        .await
+    }
+}
+
+impl RedisStore {
+    /// Walks the keys matching `pattern` with `SCAN` (never `KEYS`, which
+    /// blocks the server for the whole keyspace), handing each batch to
+    /// `each`; returns the sum of what `each` returned.
+    async fn scan<F, Fut>(
+        &self,
+        pattern: &str,
+        batch: usize,
+        mut each: F,
+    ) -> Result<u64, StoreError>
+    where
+        F: FnMut(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<u64, StoreError>>,
+    {
+        let batch = batch.max(1);
+        let mut cursor: u64 = 0;
+        let mut total = 0;
+        for _ in 0..MAX_SCAN_ROUNDS {
+            let (next, keys): (u64, Vec<String>) = self
+                .run(|mut conn| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(batch)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            if !keys.is_empty() {
+                total += each(keys).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(total)
     }
 }

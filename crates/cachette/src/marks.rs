@@ -1,0 +1,319 @@
+//! Invalidation marks: how a tag, or a whole namespace, is invalidated in
+//! O(1) however many entries it covers.
+//!
+//! There are no membership sets (they grow with every write, must be
+//! cleaned up, and expire before or after their keys). Instead:
+//!
+//! * every entry records the time it reflects the source as of (`as_of`,
+//!   a load's start or a write's time) and its tags, in its envelope;
+//! * invalidating tag `t` writes one small key, `[prefix:]ns:tag:{t}`,
+//!   holding `"<removed µs> <expired µs>"` — raised, never lowered;
+//! * a read compares: an entry whose `as_of` is at or before a mark of one
+//!   of its tags (or of the namespace, `[prefix:]ns:cleared`) is removed
+//!   (never served) or expired (kept only as a fail-safe fallback).
+//!
+//! A load that read the source before an invalidation carries an `as_of`
+//! before the mark, so its value is void the moment it lands: no stale set.
+//!
+//! Marks are cached in process. Without a backplane they are re-read after
+//! the poll period; with one, every invalidation is announced and the
+//! announced mark is forgotten here, so the next read fetches it. A fetch
+//! that started before a forget does not put its older answer back (the
+//! epoch below).
+//!
+//! Marks are kept for the cache's mark lifetime (a year by default): a mark
+//! only matters for entries written before it, and no entry outlives that.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::envelope::Tags;
+use crate::store::{Store, StoreError};
+
+/// The two times of a mark, unix µs; 0 is "never".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mark {
+    /// Entries as of this time or earlier are never served again.
+    pub removed_us: u64,
+    /// Entries as of this time or earlier are served only as a fail-safe
+    /// fallback.
+    pub expired_us: u64,
+}
+
+/// What marks make of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Valid,
+    /// Usable only as a fail-safe fallback.
+    Expired,
+    Removed,
+}
+
+impl Mark {
+    /// Parses a stored mark; `None` for anything else.
+    pub fn parse(bytes: &[u8]) -> Option<Mark> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (removed, expired) = text.split_once(' ')?;
+        Some(Mark {
+            removed_us: removed.parse().ok()?,
+            expired_us: expired.parse().ok()?,
+        })
+    }
+
+    /// The stored form.
+    pub fn encode(&self) -> String {
+        format!("{} {}", self.removed_us, self.expired_us)
+    }
+
+    /// The later of each time.
+    #[must_use]
+    pub fn merge(self, other: Mark) -> Mark {
+        Mark {
+            removed_us: self.removed_us.max(other.removed_us),
+            expired_us: self.expired_us.max(other.expired_us),
+        }
+    }
+
+    fn judge(&self, as_of_us: u64) -> Verdict {
+        if as_of_us <= self.removed_us {
+            Verdict::Removed
+        } else if as_of_us <= self.expired_us {
+            Verdict::Expired
+        } else {
+            Verdict::Valid
+        }
+    }
+}
+
+/// The worse of two verdicts.
+fn worse(a: Verdict, b: Verdict) -> Verdict {
+    match (a, b) {
+        (Verdict::Removed, _) | (_, Verdict::Removed) => Verdict::Removed,
+        (Verdict::Expired, _) | (_, Verdict::Expired) => Verdict::Expired,
+        _ => Verdict::Valid,
+    }
+}
+
+/// The namespace's own mark, under a name no tag can have.
+const NAMESPACE: &str = "";
+/// Marks cached at most; beyond, the least used are fetched again.
+const CACHED_MARKS: u64 = 100_000;
+
+/// The marks of one namespace as this process knows them.
+pub(crate) struct Marks {
+    /// `[prefix:]ns:`
+    head: String,
+    namespace_key: String,
+    /// By tag (`""` for the namespace).
+    known: moka::sync::Cache<String, Mark>,
+    /// Bumped by every forget: a fetch that saw another epoch does not
+    /// cache what it read.
+    epoch: AtomicU64,
+}
+
+impl std::fmt::Debug for Marks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Marks")
+            .field("head", &self.head)
+            .field("cached", &self.known.entry_count())
+            .finish()
+    }
+}
+
+impl Marks {
+    /// `poll`: how long a fetched mark is trusted (`None`: until forgotten).
+    pub(crate) fn new(prefix: Option<&str>, namespace: &str, poll: Option<Duration>) -> Marks {
+        let head = match prefix {
+            Some(prefix) => format!("{prefix}:{namespace}:"),
+            None => format!("{namespace}:"),
+        };
+        let mut known = moka::sync::Cache::builder().max_capacity(CACHED_MARKS);
+        if let Some(poll) = poll {
+            known = known.time_to_live(poll.max(Duration::from_millis(1)));
+        }
+        Marks {
+            namespace_key: format!("{head}cleared"),
+            head,
+            known: known.build(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The store key of `tag`'s mark. The tag sits in a hash tag, so on
+    /// Cluster each mark is one slot of its own.
+    pub(crate) fn tag_key(&self, tag: &str) -> String {
+        format!("{}tag:{{{tag}}}", self.head)
+    }
+
+    /// `[prefix:]ns:`, where every key of the namespace starts.
+    pub(crate) fn head(&self) -> &str {
+        &self.head
+    }
+
+    /// The store key of the namespace's mark.
+    pub(crate) fn namespace_key(&self) -> &str {
+        &self.namespace_key
+    }
+
+    fn key_of(&self, name: &str) -> String {
+        if name == NAMESPACE {
+            self.namespace_key.clone()
+        } else {
+            self.tag_key(name)
+        }
+    }
+
+    /// The tag (or `""` for the namespace) a mark key names, if it is one
+    /// of this namespace's.
+    fn name_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        if key == self.namespace_key {
+            return Some(NAMESPACE);
+        }
+        key.strip_prefix(&self.head)?
+            .strip_prefix("tag:{")?
+            .strip_suffix('}')
+    }
+
+    /// The verdict from cached marks alone; `None` if one is not known.
+    pub(crate) fn judge_cached(&self, as_of_us: u64, tags: Option<&Tags>) -> Option<Verdict> {
+        let mut verdict = self.known.get(NAMESPACE)?.judge(as_of_us);
+        for tag in tags.map(|t| &t.0[..]).unwrap_or_default() {
+            verdict = worse(verdict, self.known.get(&**tag)?.judge(as_of_us));
+        }
+        Some(verdict)
+    }
+
+    /// The verdict, fetching the marks not cached (one round trip).
+    pub(crate) async fn judge(
+        &self,
+        store: &dyn Store,
+        as_of_us: u64,
+        tags: Option<&Tags>,
+    ) -> Result<Verdict, StoreError> {
+        if let Some(verdict) = self.judge_cached(as_of_us, tags) {
+            return Ok(verdict);
+        }
+        let names: Vec<&str> = std::iter::once(NAMESPACE)
+            .chain(
+                tags.map(|t| &t.0[..])
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|t| &**t),
+            )
+            .collect();
+        let marks = self.fetch(store, &names).await?;
+        Ok(marks
+            .iter()
+            .fold(Verdict::Valid, |v, m| worse(v, m.judge(as_of_us))))
+    }
+
+    /// Fetches the marks of every entry's tags not cached, in one round
+    /// trip, before a batch of entries is judged.
+    pub(crate) async fn prefetch<'a>(
+        &self,
+        store: &dyn Store,
+        tags: impl Iterator<Item = &'a Tags>,
+    ) -> Result<(), StoreError> {
+        let mut names: Vec<&str> = Vec::new();
+        if !self.known.contains_key(NAMESPACE) {
+            names.push(NAMESPACE);
+        }
+        for list in tags {
+            for tag in list.0.iter() {
+                if !names.contains(&&**tag) && !self.known.contains_key(&**tag) {
+                    names.push(tag);
+                }
+            }
+        }
+        if !names.is_empty() {
+            self.fetch(store, &names).await?;
+        }
+        Ok(())
+    }
+
+    async fn fetch(&self, store: &dyn Store, names: &[&str]) -> Result<Vec<Mark>, StoreError> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let keys: Vec<String> = names.iter().map(|n| self.key_of(n)).collect();
+        let raw = store.get_many(&keys).await?;
+        let marks: Vec<Mark> = raw
+            .iter()
+            .map(|b| b.as_deref().and_then(Mark::parse).unwrap_or_default())
+            .collect();
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            for (name, mark) in names.iter().zip(&marks) {
+                self.known.insert((*name).to_owned(), *mark);
+            }
+        }
+        Ok(marks)
+    }
+
+    /// This process raised the mark under `key`; `mark` is what the store
+    /// holds now.
+    pub(crate) fn learn(&self, key: &str, mark: Mark) {
+        if let Some(name) = self.name_of(key) {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            self.known.insert(name.to_owned(), mark);
+        }
+    }
+
+    /// Another instance raised the mark under `key` (if it is one of
+    /// ours): fetch it again before trusting it.
+    pub(crate) fn forget(&self, key: &str) -> bool {
+        match self.name_of(key) {
+            Some(name) => {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+                self.known.invalidate(name);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks may have been raised unheard (the backplane was down).
+    pub(crate) fn forget_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.known.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip_and_only_rise() {
+        let m = Mark {
+            removed_us: 5,
+            expired_us: 9,
+        };
+        assert_eq!(Mark::parse(m.encode().as_bytes()), Some(m));
+        assert_eq!(Mark::parse(b"x y"), None);
+        let later = m.merge(Mark {
+            removed_us: 7,
+            expired_us: 1,
+        });
+        assert_eq!((later.removed_us, later.expired_us), (7, 9));
+    }
+
+    #[test]
+    fn entries_at_or_before_a_mark_are_void() {
+        let m = Mark {
+            removed_us: 100,
+            expired_us: 200,
+        };
+        assert_eq!(m.judge(100), Verdict::Removed);
+        assert_eq!(m.judge(101), Verdict::Expired);
+        assert_eq!(m.judge(200), Verdict::Expired);
+        assert_eq!(m.judge(201), Verdict::Valid);
+    }
+
+    #[test]
+    fn keys_name_their_marks() {
+        let marks = Marks::new(Some("shop"), "listing", None);
+        assert_eq!(marks.tag_key("cat:7"), "shop:listing:tag:{cat:7}");
+        assert_eq!(marks.namespace_key(), "shop:listing:cleared");
+        assert_eq!(marks.name_of("shop:listing:tag:{cat:7}"), Some("cat:7"));
+        assert_eq!(marks.name_of("shop:listing:cleared"), Some(""));
+        assert_eq!(marks.name_of("shop:product:tag:{cat:7}"), None);
+    }
+}
