@@ -2,11 +2,12 @@
 //! cachette, updates written through it, and the same operations straight
 //! from the database when the cache is off (`--no-cache`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cachette::store::Store;
-use cachette::{Backplane, Cache, CacheBuilder, Json, Stats};
+use cachette::store::{Store, StoreKind};
+use cachette::{Backplane, Cache, CacheBuilder, Json, Stats, Tagged, WarmOptions, WarmReport};
 
 use crate::db::{Database, DbError};
 use crate::product::{Product, ProductPatch, now_micros};
@@ -15,16 +16,28 @@ use crate::read_policy::ReadPolicy;
 /// How long "no such product" is remembered, so a flood of requests for
 /// missing ids does not reach the database.
 pub const NOT_FOUND_TTL: Duration = Duration::from_secs(30);
-/// How long a listing page is fresh. An update through the service orphans
-/// its category's pages at once (a new generation), so this only bounds how
-/// long a change made behind the service's back goes unseen. Past it,
-/// pages are served stale and kept as a fail-safe fallback like products
-/// (see [`ReadPolicy`]): the listing query is the heavier one, and a page
-/// an hour old beats an error while the database is down.
+/// How long a listing page is fresh. An update through the service removes
+/// its category's pages at once (by their tag, see [`category_tag`]), so
+/// this only bounds how long a change made behind the service's back goes
+/// unseen. Past it, pages are served stale and kept as a fail-safe fallback
+/// like products (see [`ReadPolicy`]): the listing query is the heavier
+/// one, and a page an hour old beats an error while the database is down.
+/// A page removed by its tag is never served again, not even as the
+/// fail-safe fallback.
 pub const LISTING_TTL: Duration = Duration::from_secs(60);
-/// How long a category's listing generation is kept. When it is gone a new
-/// random one is drawn, which only costs misses.
-pub const GENERATION_TTL: Duration = Duration::from_secs(24 * 3_600);
+/// Products warmed per database query and cache pipeline.
+pub const WARM_BATCH: usize = 1_000;
+/// Warming batches in flight at once, at most: database queries running
+/// together (of the pool's 8 connections by default), so the warm-up does
+/// not starve a database other instances are already serving from.
+pub const WARM_CONCURRENCY: usize = 4;
+
+/// The tag every cached listing page of `category_id` carries: invalidating
+/// it removes all of the category's pages, whatever page and limit they
+/// were cached under, with one small store write.
+pub fn category_tag(category_id: i64) -> String {
+    format!("category:{category_id}")
+}
 
 /// A failed catalog operation.
 #[derive(Debug, thiserror::Error)]
@@ -44,23 +57,9 @@ struct Missing;
 #[derive(Debug, Clone)]
 struct Caches {
     products: Cache<Product>,
+    /// Pages keyed `{category_id}:{page}:{limit}`, each tagged with its
+    /// category ([`category_tag`]).
     listings: Cache<Vec<Product>>,
-    /// Per category, a random generation that is part of every listing key
-    /// of that category. Replacing it orphans all of the category's pages at
-    /// once, whatever page and limit they were cached under, in one write.
-    generations: Cache<u64>,
-}
-
-/// What a warm-up did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WarmSummary {
-    /// Products written to the cache.
-    pub loaded: u64,
-    /// Ids in the range without a product.
-    pub missing: u64,
-    /// Products that could not be read or written.
-    pub failed: u64,
-    pub elapsed: Duration,
 }
 
 /// How the catalog caches.
@@ -78,22 +77,19 @@ pub struct Caching {
 
 impl Caching {
     /// The catalog's key prefix, the store, and L1 (with the backplane,
-    /// read-your-writes when `read_your_writes`).
+    /// read-your-writes: writes and tag invalidations return once every
+    /// instance has dropped its copies).
     fn tiers<V: cachette::Value>(
         &self,
         builder: CacheBuilder<V, Json>,
         l1_bytes: u64,
-        read_your_writes: bool,
     ) -> CacheBuilder<V, Json> {
         let mut builder = builder.prefix("catalog").shared_store(self.store.clone());
         if self.l1_bytes > 0 && l1_bytes > 0 {
             builder = builder.l1(l1_bytes);
         }
         if let Some(backplane) = &self.backplane {
-            builder = builder.backplane(backplane.clone());
-            if read_your_writes {
-                builder = builder.read_your_writes();
-            }
+            builder = builder.backplane(backplane.clone()).read_your_writes();
         }
         builder
     }
@@ -112,10 +108,17 @@ impl Catalog {
     /// A catalog over `db` that caches as `caching` says, or reads the
     /// database directly when it is `None`.
     ///
-    /// With L1, products and category generations are read-your-writes
-    /// across instances (a PUT returns only once no instance serves the
-    /// old product or the old listings); listing pages are eventual, since
-    /// each page lives under its generation's key and is never rewritten.
+    /// With L1 (and so a backplane, on Redis), products and listings are
+    /// read-your-writes across instances: a PUT returns only once every
+    /// instance has dropped the old product and heard the category's tag
+    /// invalidation, so none serves the old product or an old page.
+    ///
+    /// On Redis without a backplane (no L1), an instance learns of another's
+    /// tag invalidation only by reading the tag's mark from Redis, so
+    /// listings re-read marks on every read of a page (`mark_poll(ZERO)`:
+    /// one more round trip, as the generation lookup used to cost) instead
+    /// of trusting a fetched mark for the default second. The embedded
+    /// store serves one process, which learns its own invalidations at once.
     pub fn new(
         db: Database,
         caching: Option<Caching>,
@@ -126,33 +129,20 @@ impl Catalog {
             None => None,
             Some(caching) => {
                 let policy = caching.read_policy;
+                let mut listings = policy
+                    .apply(caching.tiers(Cache::builder("listing"), caching.l1_bytes / 4))
+                    .ttl(LISTING_TTL);
+                if caching.backplane.is_none() && caching.store.kind() != StoreKind::Embedded {
+                    listings = listings.mark_poll(Duration::ZERO);
+                }
                 Some(Caches {
                     products: policy
-                        .apply(caching.tiers(
-                            Cache::builder("product"),
-                            caching.l1_bytes / 4 * 3,
-                            true,
-                        ))
+                        .apply(caching.tiers(Cache::builder("product"), caching.l1_bytes / 4 * 3))
                         .ttl(policy.product_ttl)
                         .ttl_jitter(0.1)
                         .negative_ttl(NOT_FOUND_TTL)
                         .build()?,
-                    listings: policy
-                        .apply(caching.tiers(
-                            Cache::builder("listing"),
-                            caching.l1_bytes / 4,
-                            false,
-                        ))
-                        .ttl(LISTING_TTL)
-                        .build()?,
-                    // No read policy and no early refresh: the loader draws
-                    // a new random generation, so refreshing one early or
-                    // serving it stale gains nothing, and it cannot fail.
-                    generations: caching
-                        .tiers(Cache::builder("category-generation"), 1 << 20, true)
-                        .ttl(GENERATION_TTL)
-                        .early_refresh(0.0)
-                        .build()?,
+                    listings: listings.build()?,
                 })
             }
         };
@@ -204,6 +194,16 @@ impl Catalog {
     }
 
     /// One page of a category's listing, or `None` for an unknown category.
+    ///
+    /// Unknown categories are answered before the cache: the categories
+    /// are `1..=categories` (the seed's, never changed through the API), so
+    /// an id outside is `None` without a key, a load or a query, and the
+    /// tagged loader only ever runs for a known category, where it always
+    /// has a value (a page past the end is an empty one). No "not found"
+    /// has to be cached, and none can be left behind by a tag.
+    ///
+    /// Each page is cached under `{category_id}:{page}:{limit}` with the
+    /// category's tag, which [`Catalog::update`] invalidates.
     pub async fn category_page(
         &self,
         category_id: i64,
@@ -219,27 +219,29 @@ impl Catalog {
                 self.db.category_page(category_id, limit, offset).await?,
             ));
         };
-        let generation = caches
-            .generations
-            .get_or_load(&category_id.to_string(), || async {
-                Ok::<_, std::convert::Infallible>(rand::random::<u64>())
-            })
-            .await?;
-        let key = format!("{category_id}:{generation:016x}:{page}:{limit}");
+        let key = format!("{category_id}:{page}:{limit}");
         let db = self.db.clone();
         let listing = caches
             .listings
-            .get_or_load(&key, move || async move {
-                db.category_page(category_id, limit, offset).await
+            .get_or_load_tagged(&key, move || async move {
+                let page = db.category_page(category_id, limit, offset).await?;
+                Ok::<_, DbError>(Tagged::new(page).tag(category_tag(category_id)))
             })
             .await?;
         Ok(Some(listing))
     }
 
     /// Applies `patch`: the database first, then the cached product is
-    /// replaced (write-through) and the category's listings are orphaned,
-    /// all before this returns, so the next read on any instance sharing
-    /// the cache sees the change. `None` when there is no such product.
+    /// replaced (write-through) and the category's listing pages are
+    /// invalidated by its tag, all before this returns, so the next read on
+    /// any instance sharing the cache sees the change. `None` when there is
+    /// no such product.
+    ///
+    /// A patch cannot move a product to another category (it has no
+    /// `category_id`, and the update leaves the column alone), so the
+    /// product's one category is the only tag to invalidate. Should patches
+    /// gain a category, the update must also return the old one, and both
+    /// tags be invalidated.
     pub async fn update(
         &self,
         id: i64,
@@ -264,82 +266,71 @@ impl Catalog {
             Err(e) if e.write_error::<Missing>().is_some() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let category = product.category_id.to_string();
         if let Err(e) = caches
-            .generations
-            .set(&category, &rand::random::<u64>())
+            .listings
+            .invalidate_tag(&category_tag(product.category_id))
             .await
         {
-            // The product itself is updated; the listing may lag until its
-            // TTL. Counted in the namespace's store errors.
+            // The product itself is updated; the category's pages may lag
+            // until their TTL. Counted in the namespace's store errors.
             tracing::warn!(category_id = product.category_id, error = %e, "could not invalidate the category's listings");
         }
         Ok(Some(product))
     }
 
     /// Puts the `count` hottest products (the lowest ids: the seed and the
-    /// load generator rank popularity by id) in the cache, `batch` per
-    /// database query and per cache pipeline, one batch at a time so the
-    /// database sees one query in flight. What is written is what the
-    /// database holds now, so a value another instance cached is replaced by
-    /// one at least as new. `progress(done, total)` follows each batch.
+    /// load generator rank popularity by id) in the cache through
+    /// [`Cache::warm`]: `options.batch` ids per database query (one range
+    /// query per batch), at most `options.concurrency` queries at once.
+    /// Ids already cached (another instance warmed or read them) are
+    /// skipped, and every fill goes under its fill lease, so a PUT during
+    /// the warm-up is never overwritten by the value read before it.
+    /// `progress` follows each batch; the last report is returned (the
+    /// default one without a cache).
     pub async fn warm(
         &self,
         count: i64,
-        batch: i64,
-        mut progress: impl FnMut(u64, u64),
-    ) -> WarmSummary {
-        let started = Instant::now();
-        let mut summary = WarmSummary::default();
+        options: WarmOptions,
+        progress: impl FnMut(&WarmReport),
+    ) -> WarmReport {
         let Some(caches) = &self.caches else {
-            return summary;
+            return WarmReport::default();
         };
         let total = count.clamp(0, self.products);
-        let batch = batch.max(1);
-        let mut first = 1;
-        while first <= total {
-            let last = (first + batch - 1).min(total);
-            let wanted = (last - first + 1) as u64;
-            match self.warm_batch(caches, first, last).await {
-                Ok(loaded) => {
-                    summary.loaded += loaded;
-                    // Ids with no row (none in a seeded catalog).
-                    summary.missing += wanted.saturating_sub(loaded);
-                }
-                Err(e) => {
-                    tracing::warn!(first, last, error = %e, "warming batch failed");
-                    summary.failed += wanted;
-                }
-            }
-            progress(last as u64, total as u64);
-            first = last + 1;
-        }
-        summary.elapsed = started.elapsed();
-        summary
-    }
-
-    async fn warm_batch(
-        &self,
-        caches: &Caches,
-        first: i64,
-        last: i64,
-    ) -> Result<u64, CatalogError> {
-        let rows = self.db.products_between(first, last).await?;
-        let entries: Vec<(String, Product)> =
-            rows.into_iter().map(|p| (p.id.to_string(), p)).collect();
-        caches.products.set_many(&entries).await?;
-        Ok(entries.len() as u64)
+        let ids = futures_util::stream::iter((1..=total).map(|id| id.to_string()));
+        let db = self.db.clone();
+        let loader = move |keys: Vec<String>| {
+            let db = db.clone();
+            async move { products_by_key(&db, &keys).await }
+        };
+        caches.products.warm(ids, loader, options, progress).await
     }
 
     /// Per-namespace counters, empty without a cache.
     pub fn stats(&self) -> Vec<Stats> {
         match &self.caches {
             None => Vec::new(),
-            Some(c) => vec![
-                c.products.stats(),
-                c.listings.stats(),
-                c.generations.stats(),
-            ],
+            Some(c) => vec![c.products.stats(), c.listings.stats()],
         }
     }
+}
+
+/// The products of `keys` (ids) that exist, by key: one range query from
+/// the lowest id to the highest, keeping the ids asked for. Warming's
+/// batches are runs of consecutive ids (less those already cached), so the
+/// range is at most a batch wide.
+async fn products_by_key(
+    db: &Database,
+    keys: &[String],
+) -> Result<HashMap<String, Product>, DbError> {
+    let wanted: HashSet<i64> = keys.iter().filter_map(|k| k.parse().ok()).collect();
+    let (Some(&first), Some(&last)) = (wanted.iter().min(), wanted.iter().max()) else {
+        return Ok(HashMap::new());
+    };
+    let rows = db.products_between(first, last).await?;
+    Ok(rows
+        .into_iter()
+        .filter(|p| wanted.contains(&p.id))
+        .map(|p| (p.id.to_string(), p))
+        .collect())
 }

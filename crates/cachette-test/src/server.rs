@@ -71,6 +71,9 @@ pub struct RedisServer {
     /// Set when a start failure already put the log into its panic message,
     /// so `Drop` does not print it a second time.
     log_reported: bool,
+    /// `KEYS` commands the server ran, summed over its restarts (its
+    /// counters reset with each start). `Drop` fails the test if any.
+    keys_calls: u64,
 }
 
 /// Why a single launch attempt did not produce a ready server.
@@ -117,6 +120,7 @@ impl RedisServer {
             child: None,
             paused: AtomicBool::new(false),
             log_reported: false,
+            keys_calls: 0,
         };
 
         let deadline = Instant::now() + START_DEADLINE;
@@ -157,6 +161,9 @@ impl RedisServer {
     ///
     /// Idempotent: stopping a stopped server does nothing.
     pub fn stop(&mut self) {
+        if self.child.is_some() && !self.paused.load(Ordering::SeqCst) {
+            self.keys_calls += self.calls("keys").unwrap_or(0);
+        }
         if let Some(mut child) = self.child.take() {
             // SIGKILL also ends a stopped process; the SIGCONT just keeps the
             // paused flag truthful and avoids relying on that corner case.
@@ -287,6 +294,41 @@ impl RedisServer {
             .query_async(&mut conn)
             .await;
         matches!(killed, Ok(n) if n > 0)
+    }
+
+    /// How many times the server ran `command` since it started (or since
+    /// [`reset_stats`](RedisServer::reset_stats)), from `INFO
+    /// commandstats`; `None` if the server did not answer within a second.
+    pub fn calls(&self, command: &str) -> Option<u64> {
+        let client = self.client();
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .ok()?;
+        let field = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+        Some(
+            info.lines()
+                .find_map(|line| line.strip_prefix(&field))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        )
+    }
+
+    /// Resets the server's command counters (`CONFIG RESETSTAT`), keeping
+    /// the `KEYS` count for the check at drop.
+    pub fn reset_stats(&mut self) {
+        self.keys_calls += self.calls("keys").unwrap_or(0);
+        if let Ok(mut conn) = self
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(1))
+        {
+            let _: redis::RedisResult<()> = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn);
+        }
     }
 
     /// Contents of the server's log file, including anything it wrote to
@@ -431,6 +473,15 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         // Errors are ignored: Drop must not panic, least of all while unwinding.
         self.stop();
+        // The one exception: KEYS walks the whole keyspace while every other
+        // client waits, and cachette must never send it. Every test with a
+        // server checks this when the server goes.
+        if self.keys_calls > 0 && !std::thread::panicking() {
+            panic!(
+                "redis-server on port {} ran KEYS {} time(s): use SCAN",
+                self.port, self.keys_calls
+            );
+        }
         // Printed after stop() so the log is complete. Test harnesses capture
         // stderr per test, so this only shows up for the failing test.
         if std::thread::panicking() && !self.log_reported {
@@ -604,6 +655,19 @@ mod tests {
         assert_ne!(a.port(), b.port());
         assert!(answers_ping(a.addr()));
         assert!(answers_ping(b.addr()));
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "ran KEYS")]
+    async fn a_server_that_ran_keys_fails_the_test() {
+        let server = RedisServer::spawn();
+        let mut conn = server.connection().await;
+        let _: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        drop(server);
     }
 
     #[tokio::test]

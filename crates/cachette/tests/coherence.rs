@@ -283,6 +283,17 @@ async fn run_command(node: &Arc<Node>, words: &[&str]) {
             node.backplane.sync().await.unwrap();
             say("ok");
         }
+        ["settag", key, value, tag] => {
+            cache
+                .set_tagged(key, &(*value).to_string(), &[tag])
+                .await
+                .unwrap();
+            say("ok");
+        }
+        ["invtag", tag] => {
+            cache.invalidate_tag(tag).await.unwrap();
+            say("ok");
+        }
         other => say(format!("error unknown command {other:?}")),
     }
 }
@@ -559,6 +570,40 @@ fn read_your_writes_across_processes_never_reads_stale_even_under_kills() {
     );
     assert_eq!(stale, 0);
     assert!(b.stat("disconnects") >= 5);
+}
+
+/// Process A invalidates a tag; process B, holding an L1 copy of an entry
+/// carrying it, never serves that copy again: at once in read-your-writes
+/// mode, and once the announcement is through (`sync`) in eventual mode.
+/// Each round checks the copy really was an L1 hit before.
+#[test]
+fn a_tag_invalidated_in_one_process_is_respected_by_another_processs_l1() {
+    let _serial = serial();
+    let redis = RedisServer::spawn();
+    for ryw in [true, false] {
+        let mut a = start(&redis, ryw, None);
+        let mut b = start(&redis, ryw, None);
+        for round in 0..100 {
+            let (key, tag) = (format!("t{ryw}{round}"), format!("cat{}", round % 7));
+            a.ask(&format!("settag {key} v{round} {tag}"), "ok");
+            if !ryw {
+                a.ask("sync", "ok");
+                b.ask("sync", "ok");
+            }
+            b.ask(&format!("get {key}"), "v");
+            assert_eq!(b.ask(&format!("get {key}"), "v"), format!("v{round} 1"), "an L1 hit");
+            a.ask(&format!("invtag {tag}"), "ok");
+            if !ryw {
+                a.ask("sync", "ok");
+                b.ask("sync", "ok");
+            }
+            assert_eq!(
+                b.ask(&format!("get {key}"), "v"),
+                "- 0",
+                "round {round} (read-your-writes: {ryw}): B served an entry whose tag A invalidated"
+            );
+        }
+    }
 }
 
 #[test]

@@ -351,6 +351,14 @@ impl Store for EmbeddedStore {
             .filter(|(key, _)| glob::matches(pattern.as_bytes(), key.as_bytes()))
             .map(|(key, _)| key)
             .collect();
+        // Leases of matching keys go too, entry or not: a load in flight
+        // must not fill after this.
+        for stripe in self.leases.stripes.iter() {
+            stripe
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|key, _| !glob::matches(pattern.as_bytes(), key.as_bytes()));
+        }
         let mut deleted = 0;
         for key in matching {
             let mut leases = self.leases.lock(&key);

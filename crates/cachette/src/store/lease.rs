@@ -82,8 +82,11 @@ pub(crate) fn changed_since(current: Option<&[u8]>, seen: Option<&[u8]>) -> bool
 /// the entry's hash tag (one Redis Cluster slot for both) and can never
 /// equal an entry's key (those end with `}`).
 pub(crate) fn lease_key(key: &str) -> String {
-    format!("{key}:lease")
+    format!("{key}{LEASE_SUFFIX}")
 }
+
+/// What a lease key adds to its entry's key.
+pub(crate) const LEASE_SUFFIX: &str = ":lease";
 
 #[cfg(test)]
 mod tests {

@@ -37,8 +37,9 @@ use redis::{
     Script,
 };
 
-use super::lease::{Claim, Lease, LeaseToken, lease_key};
+use super::lease::{Claim, LEASE_SUFFIX, Lease, LeaseToken, lease_key};
 use super::{MAX_SCAN_ROUNDS, Mark, Store, StoreEntry, StoreError, StoreKind};
+use crate::glob;
 use crate::{BuildError, Ttl};
 
 /// How to reach Redis. Built from a URL or from the environment.
@@ -576,11 +577,25 @@ impl Store for RedisStore {
     }
 
     async fn delete_matching(&self, pattern: &str, batch: usize) -> Result<u64, StoreError> {
-        self.scan(pattern, batch, |keys| async move {
+        // `pattern*` also finds the leases (`{key}:lease`) of matching keys,
+        // whose entries may not exist yet: a load in flight must not fill
+        // after this. Each key found is then matched exactly.
+        let walk = format!("{pattern}*");
+        self.scan(&walk, batch, |keys| async move {
             let mut pipe = redis::pipe();
             for key in &keys {
-                pipe.cmd("UNLINK").arg(lease_key(key)).ignore();
-                pipe.cmd("UNLINK").arg(key);
+                if glob::matches(pattern.as_bytes(), key.as_bytes()) {
+                    pipe.cmd("UNLINK").arg(lease_key(key)).ignore();
+                    pipe.cmd("UNLINK").arg(key);
+                } else if key
+                    .strip_suffix(LEASE_SUFFIX)
+                    .is_some_and(|entry| glob::matches(pattern.as_bytes(), entry.as_bytes()))
+                {
+                    pipe.cmd("UNLINK").arg(key).ignore();
+                }
+            }
+            if pipe.is_empty() {
+                return Ok(0);
             }
             let pipe = &pipe;
             let removed: Vec<i64> = self
