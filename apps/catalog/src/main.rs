@@ -79,6 +79,10 @@ struct ServeArgs {
     /// Hottest products to put in the cache before listening.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(0..))]
     warm: i64,
+    /// Warming's batch queries (1,000 products each) in flight at once, at
+    /// most.
+    #[arg(long, default_value_t = catalog::catalog::WARM_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
+    warm_concurrency: u64,
     /// The embedded store's budget, in MiB.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     cache_mb: u64,
@@ -313,6 +317,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.no_cache = args.no_cache;
     config.redis_url = args.redis_url;
     config.warm = args.warm;
+    config.warm_concurrency = usize::try_from(args.warm_concurrency).map_err(|e| e.to_string())?;
     config.cache_bytes = args.cache_mb * 1024 * 1024;
     config.l1_bytes = args.l1_mb * 1024 * 1024;
     config.db_connections = args.db_connections;

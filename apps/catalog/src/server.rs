@@ -3,23 +3,24 @@
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
 use cachette::store::{EmbeddedStore, RedisConfig, RedisStore, Store};
-use cachette::{Backplane, BackplaneConfig};
+use cachette::{Backplane, BackplaneConfig, WarmOptions, WarmReport};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::catalog::{Caching, Catalog};
+use crate::catalog::{Caching, Catalog, WARM_BATCH, WARM_CONCURRENCY};
 use crate::db::{Database, DbOptions, FixedLatency, QueryHook, redact};
 use crate::http::{AppState, router};
 use crate::read_policy::ReadPolicy;
 
 /// Categories the seed spreads products over.
 pub const CATEGORIES: i64 = 100;
-/// Products warmed per database query and cache pipeline.
-const WARM_BATCH: i64 = 1_000;
+/// The warm-up's progress line is printed at most this often (and once
+/// more at the end).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything `catalog serve` is told.
 #[derive(Clone)]
@@ -35,6 +36,8 @@ pub struct ServeConfig {
     pub redis_url: Option<String>,
     /// Hottest products put in the cache before listening.
     pub warm: i64,
+    /// Warming's database queries in flight at once, at most.
+    pub warm_concurrency: usize,
     /// The embedded store's budget.
     pub cache_bytes: u64,
     /// The in-process L1 tier's budget (0: no L1). With Redis, a backplane
@@ -59,6 +62,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("no_cache", &self.no_cache)
             .field("redis", &self.redis_url.as_ref().map(|_| "set"))
             .field("warm", &self.warm)
+            .field("warm_concurrency", &self.warm_concurrency)
             .field("cache_bytes", &self.cache_bytes)
             .field("l1_bytes", &self.l1_bytes)
             .field("db_connections", &self.db_connections)
@@ -78,6 +82,7 @@ impl ServeConfig {
             no_cache: false,
             redis_url: None,
             warm: 10_000,
+            warm_concurrency: WARM_CONCURRENCY,
             cache_bytes: 256 * 1024 * 1024,
             l1_bytes: 64 * 1024 * 1024,
             db_connections: 8,
@@ -116,6 +121,9 @@ pub struct Ready {
     pub state: AppState,
     pub listener: TcpListener,
     pub addr: SocketAddr,
+    /// What the warm-up did; `None` when there was none (no cache, or
+    /// `warm` 0).
+    pub warmed: Option<WarmReport>,
 }
 
 /// Connects, seeds an empty database, builds the caches, warms, binds.
@@ -182,37 +190,37 @@ pub async fn start(
     let catalog = Catalog::new(db, caching, prepared.products, prepared.categories)
         .map_err(|e| StartError::Cache(e.to_string()))?;
 
-    if catalog.is_cached() && config.warm > 0 {
-        // On a terminal the progress line rewrites itself; in a log it is a
-        // line per quarter.
-        let terminal = std::io::stderr().is_terminal();
+    let warmed = if catalog.is_cached() && config.warm > 0 {
+        let total = config.warm.min(catalog.product_count()).max(0) as usize;
+        let mut line = ProgressLine::new(total, std::io::stderr().is_terminal());
         let show = config.progress;
-        let mut shown = 0;
-        let summary = catalog
-            .warm(config.warm, WARM_BATCH, |done, total| {
-                let step = if terminal { 10 } else { 4 };
-                let reached = done * step / total.max(1);
-                if show && reached > shown {
-                    shown = reached;
-                    if terminal {
-                        eprint!("\rwarming the cache: {done}/{total} hottest products");
-                        let _ = std::io::stderr().flush();
-                    } else {
-                        eprintln!("warming the cache: {done}/{total} hottest products");
-                    }
+        let options = WarmOptions {
+            batch: WARM_BATCH,
+            concurrency: config.warm_concurrency.max(1),
+        };
+        let report = catalog
+            .warm(config.warm, options, |report| {
+                if show {
+                    line.update(report, Instant::now());
                 }
             })
             .await;
         if show {
-            eprintln!(
-                "{}warming the cache: {} products loaded, {} failed, in {:.2} s",
-                if terminal { "\r" } else { "" },
-                summary.loaded,
-                summary.failed,
-                summary.elapsed.as_secs_f64()
-            );
+            line.finish(&report);
         }
-    }
+        tracing::info!(
+            total,
+            loaded = report.loaded,
+            skipped = report.skipped,
+            not_found = report.not_found,
+            failed = report.failed,
+            elapsed_s = report.elapsed.as_secs_f64(),
+            "warm-up done"
+        );
+        Some(report)
+    } else {
+        None
+    };
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -228,7 +236,106 @@ pub async fn start(
         state: AppState::new(catalog, metrics, cache_kind),
         listener,
         addr,
+        warmed,
     })
+}
+
+/// The warm-up's progress line on stderr: at most one per
+/// [`PROGRESS_EVERY`] while it runs, then the final one. On a terminal the
+/// line rewrites itself; in a log it is a line each time.
+struct ProgressLine {
+    total: usize,
+    terminal: bool,
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl ProgressLine {
+    fn new(total: usize, terminal: bool) -> ProgressLine {
+        ProgressLine {
+            total,
+            terminal,
+            started: Instant::now(),
+            last: None,
+        }
+    }
+
+    /// Whether a report at `now` is shown: the first after a second of
+    /// warming, then one a second.
+    fn due(&mut self, now: Instant) -> bool {
+        let since = now.duration_since(self.last.unwrap_or(self.started));
+        if since < PROGRESS_EVERY {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+
+    fn update(&mut self, report: &WarmReport, now: Instant) {
+        if !self.due(now) {
+            return;
+        }
+        if self.terminal {
+            eprint!("\r{}", warm_line(self.total, report));
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{}", warm_line(self.total, report));
+        }
+    }
+
+    fn finish(&self, report: &WarmReport) {
+        let rewrite = if self.terminal && self.last.is_some() {
+            "\r"
+        } else {
+            ""
+        };
+        eprintln!("{rewrite}{}", warm_line(self.total, report));
+    }
+}
+
+/// `warming products: 4000/10000 (loaded 3990, skipped 10, not found 0,
+/// failed 0) 1.2s`
+pub fn warm_line(total: usize, r: &WarmReport) -> String {
+    format!(
+        "warming products: {}/{total} (loaded {}, skipped {}, not found {}, failed {}) {:.1}s",
+        r.done,
+        r.loaded,
+        r.skipped,
+        r.not_found,
+        r.failed,
+        r.elapsed.as_secs_f64()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_says_everything_and_at_most_once_a_second() {
+        let report = WarmReport {
+            done: 40_000,
+            loaded: 39_990,
+            skipped: 10,
+            not_found: 0,
+            failed: 0,
+            elapsed: Duration::from_millis(1_234),
+        };
+        assert_eq!(
+            warm_line(100_000, &report),
+            "warming products: 40000/100000 (loaded 39990, skipped 10, not found 0, failed 0) 1.2s"
+        );
+        let mut line = ProgressLine::new(100_000, false);
+        let t0 = line.started;
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert!(!line.due(ms(10)), "not in the first second");
+        assert!(!line.due(ms(999)));
+        assert!(line.due(ms(1_000)));
+        assert!(!line.due(ms(1_500)));
+        assert!(!line.due(ms(1_999)));
+        assert!(line.due(ms(2_100)));
+        assert!(line.due(ms(3_100)));
+    }
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in flight.
