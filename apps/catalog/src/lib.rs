@@ -2,10 +2,10 @@
 //!
 //! A product API over SQLite (default) or PostgreSQL with cachette in
 //! front: products by id through cache-aside with single flight and
-//! negative caching, category listings cached and orphaned by a
-//! per-category generation on every update, write-through on `PUT`, the
-//! hottest products warmed on start. With it, the load generator and the
-//! benchmarks that measure it.
+//! negative caching, category listings cached with their category's tag
+//! and invalidated by it on every update, write-through on `PUT`, the
+//! hottest products warmed on start (in batches, a few queries at once).
+//! With it, the load generator and the benchmarks that measure it.
 //!
 //! - [`db`]: the database, its schema, its deterministic seed.
 //! - [`catalog`]: the operations, with and without the cache.

@@ -69,11 +69,9 @@ pub const SOFT_TIMEOUT: Duration = Duration::from_millis(200);
 /// their own, so they get our answer rather than their timeout.
 pub const HARD_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The read settings of the product and listing caches.
-///
-/// Category generations take none of them: their loader draws a random
-/// number without touching the database, so it cannot fail or be slow, and
-/// a refresh would draw a new generation and orphan the category's pages.
+/// The read settings of the product and listing caches. A listing page
+/// removed by its category's tag (an update) is not served stale nor as
+/// the fail-safe fallback: only pages that merely aged are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadPolicy {
     /// How long a product is fresh (listings keep their own TTL).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cachette::Ttl;
-use cachette::store::{Lease, LeaseToken, Store, StoreEntry};
+use cachette::store::{Lease, LeaseToken, Mark, Store, StoreEntry};
 
 use crate::Fixture;
 
@@ -391,6 +391,77 @@ pub async fn release_and_extend_never_touch_another_holders_lease(f: &Fixture) {
 /// cachette_test::store_conformance!(embedded, async { cachette_test::Fixture::embedded() });
 /// cachette_test::store_conformance!(redis, cachette_test::Fixture::redis());
 /// ```
+/// A raised mark is the later of each time, whatever the order of raises.
+pub async fn marks_only_rise(f: &Fixture) {
+    let ttl = Ttl::new(Duration::from_secs(60)).expect("ttl");
+    let m = |removed_us, expired_us| Mark {
+        removed_us,
+        expired_us,
+    };
+    let raised = f.store.raise_mark("c:tag:{t}", m(100, 0), ttl).await.expect("raise");
+    assert_eq!(raised, m(100, 0));
+    let raised = f.store.raise_mark("c:tag:{t}", m(50, 70), ttl).await.expect("raise");
+    assert_eq!(raised, m(100, 70), "a mark went back");
+    let big = 1_900_000_000_000_000; // µs in 2030: exact through the store
+    let raised = f.store.raise_mark("c:tag:{t}", m(big, 0), ttl).await.expect("raise");
+    assert_eq!(raised, m(big, 70));
+    let stored = get(f.store.as_ref(), "c:tag:{t}").await.expect("stored");
+    assert_eq!(Mark::parse(&stored), Some(m(big, 70)));
+}
+
+/// Glob rules as Redis has them; leases of matching keys end even when
+/// their entry does not exist yet.
+pub async fn delete_matching_follows_glob_rules_and_ends_leases(f: &Fixture) {
+    let ttl = Ttl::new(Duration::from_secs(60)).expect("ttl");
+    for key in ["p:{user:1}", "p:{user:2}", "p:{user:*}", "p:{order:1}", "q:{user:1}"] {
+        f.store.set(key, Bytes::from_static(b"v"), ttl).await.expect("set");
+    }
+    let token = LeaseToken::random();
+    assert_eq!(claim(f, "p:{user:3}", None, &token).await, Lease::Granted);
+    let deleted = f
+        .store
+        .delete_matching("p:{user:*}", 2)
+        .await
+        .expect("delete_matching");
+    assert_eq!(deleted, 3);
+    for (key, kept) in [("p:{user:1}", false), ("p:{user:*}", false), ("p:{order:1}", true), ("q:{user:1}", true)] {
+        assert_eq!(get(f.store.as_ref(), key).await.is_some(), kept, "{key}");
+    }
+    let filled = f
+        .store
+        .fill("p:{user:3}", &token, Bytes::from_static(b"old"), ttl)
+        .await
+        .expect("fill");
+    assert!(!filled, "a lease of a matching key survived");
+    let deleted = f
+        .store
+        .delete_matching(r"p:{order:\*}", 10)
+        .await
+        .expect("delete_matching");
+    assert_eq!(deleted, 0, "an escaped star matched a key");
+}
+
+/// Only entries (by their header) created before the cut go.
+pub async fn sweep_deletes_only_entries_created_before_the_cut(f: &Fixture) {
+    let ttl = Ttl::new(Duration::from_secs(60)).expect("ttl");
+    let entry = |created_ms: u64| {
+        let mut b = vec![0xCA, 0xC7, 1, 0];
+        b.extend_from_slice(&created_ms.to_le_bytes());
+        b.extend_from_slice(&[0; 30]);
+        Bytes::from(b)
+    };
+    f.store.set("s:v1:{old}", entry(1_000), ttl).await.expect("set");
+    f.store.set("s:v1:{new}", entry(3_000), ttl).await.expect("set");
+    f.store.set("s:v1:{foreign}", Bytes::from_static(b"not an entry"), ttl).await.expect("set");
+    f.store.set("t:v1:{old}", entry(1_000), ttl).await.expect("set");
+    let swept = f.store.sweep("s:v*", 2_000, 1).await.expect("sweep");
+    assert_eq!(swept, 1);
+    assert!(get(f.store.as_ref(), "s:v1:{old}").await.is_none());
+    for key in ["s:v1:{new}", "s:v1:{foreign}", "t:v1:{old}"] {
+        assert!(get(f.store.as_ref(), key).await.is_some(), "{key}");
+    }
+}
+
 #[macro_export]
 macro_rules! store_conformance {
     ($name:ident, $fixture:expr) => {
@@ -409,6 +480,9 @@ macro_rules! store_conformance {
             a_claim_compares_the_entry_it_saw,
             writes_and_deletes_end_the_lease,
             release_and_extend_never_touch_another_holders_lease,
+            marks_only_rise,
+            delete_matching_follows_glob_rules_and_ends_leases,
+            sweep_deletes_only_entries_created_before_the_cut,
         );
     };
 }

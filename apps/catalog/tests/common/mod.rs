@@ -21,6 +21,8 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub struct TestApp {
     pub url: String,
     pub state: catalog::http::AppState,
+    /// What the warm-up on start did (`None`: none ran).
+    pub warmed: Option<cachette::WarmReport>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: Option<TempDir>,
@@ -73,6 +75,7 @@ impl TestApp {
         let ready = server::start(&config, None).await.unwrap();
         let url = format!("http://{}", ready.addr);
         let state = ready.state.clone();
+        let warmed = ready.warmed;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             server::serve(ready, async {
@@ -84,6 +87,7 @@ impl TestApp {
         TestApp {
             url,
             state,
+            warmed,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
