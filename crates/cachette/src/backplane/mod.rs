@@ -71,6 +71,10 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(100);
 /// write waits for a silent instance.
 pub const DEFAULT_LEASE: Duration = Duration::from_millis(500);
 
+/// How often a read-your-writes write that is still waiting for an
+/// acknowledgement sends an out-of-turn heartbeat (see `Shared::nudge`).
+const NUDGE: Duration = Duration::from_millis(10);
+
 /// Announcements queued for publishing at most; beyond, they are replaced
 /// by one "flush everything" message.
 const QUEUE: usize = 65_536;
@@ -210,6 +214,9 @@ pub(crate) struct Shared {
     queue: mpsc::Sender<Outgoing>,
     /// Announcements were dropped: publish a flush of everything.
     lost: AtomicBool,
+    /// When (`health` clock) the last out-of-turn heartbeat was queued for
+    /// a waiting read-your-writes write.
+    nudged_ns: AtomicU64,
     local_addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -226,6 +233,31 @@ impl Shared {
 
     fn ack_channel_of(&self, id: u64) -> String {
         format!("{}:ack:{id:016x}", self.channel)
+    }
+
+    /// Queues an out-of-turn heartbeat, at most one per [`NUDGE`] (or per
+    /// heartbeat, if shorter) for all waiting writers together. An instance
+    /// that resubscribed acknowledges the first message it hears from us
+    /// (see `subscriber`), so this releases a write it missed while
+    /// reconnecting about one nudge after its return, instead of at our
+    /// next periodic heartbeat (up to 100 ms later).
+    fn nudge(&self) {
+        let now = self.health.now_ns();
+        let every = u64::try_from(self.nudge_every().as_nanos()).unwrap_or(u64::MAX);
+        let last = self.nudged_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= every
+            && self
+                .nudged_ns
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let (reply, _) = oneshot::channel();
+            self.enqueue(Outgoing::Marker { reply });
+        }
+    }
+
+    fn nudge_every(&self) -> Duration {
+        NUDGE.min(self.config.heartbeat)
     }
 
     fn enqueue(&self, outgoing: Outgoing) {
@@ -322,6 +354,7 @@ impl Backplane {
             counters: Counters::default(),
             queue,
             lost: AtomicBool::new(false),
+            nudged_ns: AtomicU64::new(0),
             local_addr: Mutex::new(None),
         });
         let (first_tx, first) = oneshot::channel();
@@ -506,11 +539,18 @@ impl Backplane {
                 });
             }
         };
-        let counter = match s
+        let confirm = s
             .fleet
-            .confirm(published.seq, published.at, s.config.lease)
-            .await
-        {
+            .confirm(published.seq, published.at, s.config.lease);
+        tokio::pin!(confirm);
+        let confirmed = loop {
+            tokio::select! {
+                biased;
+                confirmed = &mut confirm => break confirmed,
+                () = tokio::time::sleep(s.nudge_every()) => s.nudge(),
+            }
+        };
+        let counter = match confirmed {
             Confirmed::Acknowledged => &s.counters.acknowledged_writes,
             Confirmed::LeaseRanOut => &s.counters.lease_waits,
         };

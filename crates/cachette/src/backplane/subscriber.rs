@@ -142,7 +142,8 @@ async fn listen(
     // were either applied or published before this subscription, and then
     // covered by the flush that started it. So a writer that waits on a
     // message this instance missed while reconnecting is released by its
-    // next heartbeat instead of waiting out the lease.
+    // next message (a waiting writer sends out-of-turn heartbeats, see
+    // `Shared::nudge`) instead of waiting out the lease.
     let mut heard: HashSet<u64> = HashSet::new();
     loop {
         let deaf_at = shared
