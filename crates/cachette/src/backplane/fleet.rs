@@ -212,8 +212,10 @@ mod tests {
         let start = Instant::now();
         assert_eq!(fleet.confirm(1, start, LEASE).await, Confirmed::LeaseRanOut);
         let waited = start.elapsed();
+        // The fleet keeps real (std) time, so on a loaded machine the wake
+        // can come late by a scheduling delay; a second lease would not fit.
         assert!(
-            waited >= LEASE && waited <= with_slack(LEASE) + Duration::from_millis(2),
+            waited >= LEASE && waited <= with_slack(LEASE) + Duration::from_millis(50),
             "{waited:?}"
         );
     }
