@@ -398,12 +398,24 @@ pub async fn marks_only_rise(f: &Fixture) {
         removed_us,
         expired_us,
     };
-    let raised = f.store.raise_mark("c:tag:{t}", m(100, 0), ttl).await.expect("raise");
+    let raised = f
+        .store
+        .raise_mark("c:tag:{t}", m(100, 0), ttl)
+        .await
+        .expect("raise");
     assert_eq!(raised, m(100, 0));
-    let raised = f.store.raise_mark("c:tag:{t}", m(50, 70), ttl).await.expect("raise");
+    let raised = f
+        .store
+        .raise_mark("c:tag:{t}", m(50, 70), ttl)
+        .await
+        .expect("raise");
     assert_eq!(raised, m(100, 70), "a mark went back");
     let big = 1_900_000_000_000_000; // µs in 2030: exact through the store
-    let raised = f.store.raise_mark("c:tag:{t}", m(big, 0), ttl).await.expect("raise");
+    let raised = f
+        .store
+        .raise_mark("c:tag:{t}", m(big, 0), ttl)
+        .await
+        .expect("raise");
     assert_eq!(raised, m(big, 70));
     let stored = get(f.store.as_ref(), "c:tag:{t}").await.expect("stored");
     assert_eq!(Mark::parse(&stored), Some(m(big, 70)));
@@ -413,8 +425,17 @@ pub async fn marks_only_rise(f: &Fixture) {
 /// their entry does not exist yet.
 pub async fn delete_matching_follows_glob_rules_and_ends_leases(f: &Fixture) {
     let ttl = Ttl::new(Duration::from_secs(60)).expect("ttl");
-    for key in ["p:{user:1}", "p:{user:2}", "p:{user:*}", "p:{order:1}", "q:{user:1}"] {
-        f.store.set(key, Bytes::from_static(b"v"), ttl).await.expect("set");
+    for key in [
+        "p:{user:1}",
+        "p:{user:2}",
+        "p:{user:*}",
+        "p:{order:1}",
+        "q:{user:1}",
+    ] {
+        f.store
+            .set(key, Bytes::from_static(b"v"), ttl)
+            .await
+            .expect("set");
     }
     let token = LeaseToken::random();
     assert_eq!(claim(f, "p:{user:3}", None, &token).await, Lease::Granted);
@@ -424,7 +445,12 @@ pub async fn delete_matching_follows_glob_rules_and_ends_leases(f: &Fixture) {
         .await
         .expect("delete_matching");
     assert_eq!(deleted, 3);
-    for (key, kept) in [("p:{user:1}", false), ("p:{user:*}", false), ("p:{order:1}", true), ("q:{user:1}", true)] {
+    for (key, kept) in [
+        ("p:{user:1}", false),
+        ("p:{user:*}", false),
+        ("p:{order:1}", true),
+        ("q:{user:1}", true),
+    ] {
         assert_eq!(get(f.store.as_ref(), key).await.is_some(), kept, "{key}");
     }
     let filled = f
@@ -450,10 +476,22 @@ pub async fn sweep_deletes_only_entries_created_before_the_cut(f: &Fixture) {
         b.extend_from_slice(&[0; 30]);
         Bytes::from(b)
     };
-    f.store.set("s:v1:{old}", entry(1_000), ttl).await.expect("set");
-    f.store.set("s:v1:{new}", entry(3_000), ttl).await.expect("set");
-    f.store.set("s:v1:{foreign}", Bytes::from_static(b"not an entry"), ttl).await.expect("set");
-    f.store.set("t:v1:{old}", entry(1_000), ttl).await.expect("set");
+    f.store
+        .set("s:v1:{old}", entry(1_000), ttl)
+        .await
+        .expect("set");
+    f.store
+        .set("s:v1:{new}", entry(3_000), ttl)
+        .await
+        .expect("set");
+    f.store
+        .set("s:v1:{foreign}", Bytes::from_static(b"not an entry"), ttl)
+        .await
+        .expect("set");
+    f.store
+        .set("t:v1:{old}", entry(1_000), ttl)
+        .await
+        .expect("set");
     let swept = f.store.sweep("s:v*", 2_000, 1).await.expect("sweep");
     assert_eq!(swept, 1);
     assert!(get(f.store.as_ref(), "s:v1:{old}").await.is_none());

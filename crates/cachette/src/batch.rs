@@ -85,6 +85,9 @@ pub(crate) type BatchFn<V> = Arc<
         + Sync,
 >;
 
+/// A key the caller waits for: its flight, and its fallback if any.
+type Wait<V> = (String, Arc<Flight<Arc<V>>>, Option<StaleCopy<V>>);
+
 /// One key's part in a batch.
 struct Missing<V> {
     key: String,
@@ -181,7 +184,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
             Err(_) => vec![None; skeys.len()],
         };
         let read = self.read_many(&skeys, &raw, &tickets).await;
-        let mut waits: Vec<(String, Arc<Flight<Arc<V>>>, Option<StaleCopy<V>>)> = Vec::new();
+        let mut waits: Vec<Wait<V>> = Vec::new();
         let mut missing: Vec<Missing<V>> = Vec::new();
         for (((key, skey), ticket), (hit, stale)) in rest.into_iter().zip(tickets).zip(read) {
             match hit {

@@ -52,13 +52,13 @@ pub(crate) fn matches(pattern: &[u8], text: &[u8]) -> bool {
                         continue;
                     }
                 }
-                b'\\' if p + 1 < pattern.len() => {
-                    if pattern[p + 1] == text[t] {
-                        p += 2;
-                        t += 1;
-                        continue;
-                    }
+                b'\\' if p + 1 < pattern.len() && pattern[p + 1] == text[t] => {
+                    p += 2;
+                    t += 1;
+                    continue;
                 }
+                // An escape that does not match is no literal backslash.
+                b'\\' if p + 1 < pattern.len() => {}
                 c if c == text[t] => {
                     p += 1;
                     t += 1;
@@ -131,6 +131,7 @@ mod tests {
         assert!(m("[a-c]x", "cx"));
         assert!(m(r"a\*", "a*"));
         assert!(!m(r"a\*", "ab"));
+        assert!(!m(r"\a", "\\"), "an escape is not a literal backslash");
     }
 
     #[test]

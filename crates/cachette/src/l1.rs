@@ -167,6 +167,7 @@ impl<V: Send + Sync + 'static> L1<V> {
     /// Puts a copy read from the store, unless an invalidation happened
     /// since `ticket` was taken. `size` is the encoded payload's length (the
     /// weight), `fresh_for` how long the store's entry stays fresh.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn fill(
         &self,
         key: &str,
@@ -194,6 +195,7 @@ impl<V: Send + Sync + 'static> L1<V> {
     /// before the write: if an invalidation came in since (another
     /// instance's later write, announced before this one's reply arrived),
     /// the copy is dropped instead, since this value may be the older one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn put(
         &self,
         key: &str,

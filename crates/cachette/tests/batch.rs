@@ -71,7 +71,10 @@ async fn a_thousand_keys_with_thirty_percent_missing_cost_one_read_and_one_load(
     let source = Source::default();
     let values = c.get_or_load_many(&keys, source.loader()).await.unwrap();
     assert_eq!(values.len(), 1_000);
-    assert!(keys.iter().all(|k| values[k] == k.parse::<u64>().unwrap().pow(2)));
+    assert!(
+        keys.iter()
+            .all(|k| values[k] == k.parse::<u64>().unwrap().pow(2))
+    );
     assert_eq!(source.calls.load(SeqCst), 1, "one loader call");
     assert_eq!(source.keys.load(SeqCst), 300, "for the missing keys only");
     if let Some(server) = f.server.as_mut() {
@@ -101,10 +104,14 @@ async fn a_loader_may_answer_part_of_a_batch(f: Fixture) {
     assert_eq!(values.len(), 2);
     assert_eq!((values["1"], values["3"]), (1, 9));
     // Failures are reported, and what was loaded stays cached.
-    let failing = |_: Vec<String>| async { Err::<HashMap<String, u64>, _>(std::io::Error::other("down")) };
+    let failing =
+        |_: Vec<String>| async { Err::<HashMap<String, u64>, _>(std::io::Error::other("down")) };
     assert!(c.get_or_load_many(&["5"], failing).await.is_err());
     assert_eq!(c.get("3").await.unwrap(), Some(9));
-    assert!(c.get_or_load_many(&[""], failing).await.is_err(), "an empty key is refused");
+    assert!(
+        c.get_or_load_many(&[""], failing).await.is_err(),
+        "an empty key is refused"
+    );
 }
 
 /// A `get_or_load` in flight and a batch asking for the same key: the key
@@ -116,7 +123,12 @@ async fn batches_share_single_flight_with_get_or_load(f: Fixture) {
     let release = Arc::new(Notify::new());
     let single_loads = Arc::new(AtomicUsize::new(0));
     let first = tokio::spawn({
-        let (c, entered, release, n) = (c.clone(), entered.clone(), release.clone(), single_loads.clone());
+        let (c, entered, release, n) = (
+            c.clone(),
+            entered.clone(),
+            release.clone(),
+            single_loads.clone(),
+        );
         async move {
             c.get_or_load("7", move || async move {
                 n.fetch_add(1, SeqCst);
@@ -127,7 +139,9 @@ async fn batches_share_single_flight_with_get_or_load(f: Fixture) {
             .await
         }
     });
-    tokio::time::timeout(WAIT, entered.notified()).await.unwrap();
+    tokio::time::timeout(WAIT, entered.notified())
+        .await
+        .unwrap();
     let source = Source::default();
     let batch = tokio::spawn({
         let (c, loader) = (c.clone(), source.loader());
@@ -142,10 +156,25 @@ async fn batches_share_single_flight_with_get_or_load(f: Fixture) {
     .await
     .unwrap();
     release.notify_one();
-    let values = tokio::time::timeout(WAIT, batch).await.unwrap().unwrap().unwrap();
-    assert_eq!(tokio::time::timeout(WAIT, first).await.unwrap().unwrap().unwrap(), 49);
+    let values = tokio::time::timeout(WAIT, batch)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, first)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        49
+    );
     assert_eq!(values.len(), 3);
-    assert_eq!(source.keys.load(SeqCst), 2, "the batch did not load the key in flight");
+    assert_eq!(
+        source.keys.load(SeqCst),
+        2,
+        "the batch did not load the key in flight"
+    );
     assert_eq!(single_loads.load(SeqCst), 1);
 
     // The other way: a batch in flight, then a single load of one of its keys.
@@ -153,7 +182,12 @@ async fn batches_share_single_flight_with_get_or_load(f: Fixture) {
     let release = Arc::new(Notify::new());
     let batch_calls = Arc::new(AtomicUsize::new(0));
     let batch = tokio::spawn({
-        let (c, entered, release, n) = (c.clone(), entered.clone(), release.clone(), batch_calls.clone());
+        let (c, entered, release, n) = (
+            c.clone(),
+            entered.clone(),
+            release.clone(),
+            batch_calls.clone(),
+        );
         async move {
             c.get_or_load_many(&["10", "11"], move |keys: Vec<String>| {
                 let (entered, release, n) = (entered.clone(), release.clone(), n.clone());
@@ -167,7 +201,9 @@ async fn batches_share_single_flight_with_get_or_load(f: Fixture) {
             .await
         }
     });
-    tokio::time::timeout(WAIT, entered.notified()).await.unwrap();
+    tokio::time::timeout(WAIT, entered.notified())
+        .await
+        .unwrap();
     let single = tokio::spawn({
         let c = c.clone();
         async move {
@@ -188,8 +224,23 @@ async fn batches_share_single_flight_with_get_or_load(f: Fixture) {
     .await
     .unwrap();
     release.notify_one();
-    assert_eq!(tokio::time::timeout(WAIT, single).await.unwrap().unwrap().unwrap(), 121);
-    assert_eq!(tokio::time::timeout(WAIT, batch).await.unwrap().unwrap().unwrap().len(), 2);
+    assert_eq!(
+        tokio::time::timeout(WAIT, single)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        121
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, batch)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(batch_calls.load(SeqCst), 1);
 }
 
@@ -213,11 +264,21 @@ async fn a_write_during_a_batch_load_is_not_overwritten(f: Fixture) {
             .await
         }
     });
-    tokio::time::timeout(WAIT, entered.notified()).await.unwrap();
+    tokio::time::timeout(WAIT, entered.notified())
+        .await
+        .unwrap();
     c.set("1", &1_000).await.unwrap();
     release.notify_one();
-    tokio::time::timeout(WAIT, batch).await.unwrap().unwrap().unwrap();
-    assert_eq!(c.get("1").await.unwrap(), Some(1_000), "the batch's older value replaced the write");
+    tokio::time::timeout(WAIT, batch)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        c.get("1").await.unwrap(),
+        Some(1_000),
+        "the batch's older value replaced the write"
+    );
     assert_eq!(c.get("2").await.unwrap(), Some(4));
     assert_eq!(c.stats().fills_refused, 1);
 }
@@ -234,7 +295,11 @@ fn warm_keys() -> usize {
     std::env::var("CACHETTE_WARM_KEYS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if cfg!(debug_assertions) { 20_000 } else { 100_000 })
+        .unwrap_or(if cfg!(debug_assertions) {
+            20_000
+        } else {
+            100_000
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +327,9 @@ async fn warming_stays_under_its_concurrency_bound_and_skips_what_is_cached() {
         }
     };
     // A few keys are cached already and must be skipped.
-    c.set_many(&[("0".to_owned(), 0), ("1".to_owned(), 1)]).await.unwrap();
+    c.set_many(&[("0".to_owned(), 0), ("1".to_owned(), 1)])
+        .await
+        .unwrap();
     let keys = futures_util::stream::iter((0..n).map(|i| i.to_string()));
     let mut reports = 0;
     let options = WarmOptions {
@@ -284,7 +351,10 @@ async fn warming_stays_under_its_concurrency_bound_and_skips_what_is_cached() {
     assert_eq!(reports, n.div_ceil(500), "one progress report per batch");
     let peak = peak.load(SeqCst);
     assert!(peak <= BOUND, "{peak} loader calls at once, bound {BOUND}");
-    assert!(peak >= 2, "the bound was never approached: the test shows nothing");
+    assert!(
+        peak >= 2,
+        "the bound was never approached: the test shows nothing"
+    );
     println!(
         "warming {n} keys (batches of 500, at most {BOUND} loader calls at once, 2 ms per call): {:.2} s, {:.0} keys/s, peak concurrency {peak}",
         took.as_secs_f64(),
@@ -293,7 +363,12 @@ async fn warming_stays_under_its_concurrency_bound_and_skips_what_is_cached() {
     // Spot checks, then everything skipped the second time.
     assert_eq!(c.get("12").await.unwrap(), Some(144));
     let again = c
-        .warm(futures_util::stream::iter((0..n).map(|i| i.to_string())), loader, options, |_| {})
+        .warm(
+            futures_util::stream::iter((0..n).map(|i| i.to_string())),
+            loader,
+            options,
+            |_| {},
+        )
         .await;
     assert_eq!((again.loaded, again.skipped), (0, n));
     assert_eq!(f.server().calls("keys"), Some(0));

@@ -591,7 +591,11 @@ fn a_tag_invalidated_in_one_process_is_respected_by_another_processs_l1() {
                 b.ask("sync", "ok");
             }
             b.ask(&format!("get {key}"), "v");
-            assert_eq!(b.ask(&format!("get {key}"), "v"), format!("v{round} 1"), "an L1 hit");
+            assert_eq!(
+                b.ask(&format!("get {key}"), "v"),
+                format!("v{round} 1"),
+                "an L1 hit"
+            );
             a.ask(&format!("invtag {tag}"), "ok");
             if !ryw {
                 a.ask("sync", "ok");

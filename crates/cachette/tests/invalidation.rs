@@ -39,12 +39,10 @@ async fn a_removed_tag_takes_every_entry_carrying_it_and_nothing_else(f: Fixture
     assert_eq!(c.get("b").await.unwrap(), None);
     assert_eq!(c.get("c").await.unwrap(), Some(s("3")));
     assert_eq!(c.get("d").await.unwrap(), Some(s("4")));
-    assert_eq!(c.get_many(&["a", "b", "c", "d"]).await.unwrap(), [
-        None,
-        None,
-        Some(s("3")),
-        Some(s("4"))
-    ]);
+    assert_eq!(
+        c.get_many(&["a", "b", "c", "d"]).await.unwrap(),
+        [None, None, Some(s("3")), Some(s("4"))]
+    );
     // Written after the invalidation: carries the tag, and is served.
     c.set_tagged("a", &s("1b"), &["red"]).await.unwrap();
     assert_eq!(c.get("a").await.unwrap(), Some(s("1b")));
@@ -67,7 +65,11 @@ async fn a_removed_tag_takes_every_entry_carrying_it_and_nothing_else(f: Fixture
     }
     // Bad tags are refused, and nothing is written.
     assert!(c.set_tagged("x", &s("x"), &[""]).await.is_err());
-    assert!(c.set_tagged("x", &s("x"), &["t".repeat(129)]).await.is_err());
+    assert!(
+        c.set_tagged("x", &s("x"), &["t".repeat(129)])
+            .await
+            .is_err()
+    );
     assert!(c.invalidate_tag("").await.is_err());
     assert_eq!(c.get("x").await.unwrap(), None);
 }
@@ -126,11 +128,24 @@ async fn a_load_that_read_before_an_invalidation_never_serves_from_the_cache(f: 
             .await
         }
     });
-    tokio::time::timeout(WAIT, read_source.notified()).await.unwrap();
+    tokio::time::timeout(WAIT, read_source.notified())
+        .await
+        .unwrap();
     c.invalidate_tag("t").await.unwrap();
     release.notify_one();
-    assert_eq!(tokio::time::timeout(WAIT, load).await.unwrap().unwrap().unwrap(), "before");
-    assert_eq!(c.get("k").await.unwrap(), None, "the pre-invalidation value was served");
+    assert_eq!(
+        tokio::time::timeout(WAIT, load)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        "before"
+    );
+    assert_eq!(
+        c.get("k").await.unwrap(),
+        None,
+        "the pre-invalidation value was served"
+    );
 }
 
 async fn an_l1_copy_respects_a_tag_invalidated_through_another_cache(f: Fixture) {
@@ -162,16 +177,25 @@ async fn a_namespace_clear_voids_everything_at_once_and_sweeps_in_the_background
     other.set("k0", &s("stays")).await.unwrap();
     let sweep = c.clear().await.unwrap();
     let after = c.get_many(&keys).await.unwrap();
-    assert!(after.iter().all(Option::is_none), "an entry survived the clear");
+    assert!(
+        after.iter().all(Option::is_none),
+        "an entry survived the clear"
+    );
     // A write after the clear is served, and the sweep leaves it alone.
     tokio::time::sleep(Duration::from_millis(2)).await;
     c.set("new", &s("after")).await.unwrap();
-    let deleted = tokio::time::timeout(WAIT, sweep.finished()).await.unwrap().unwrap();
+    let deleted = tokio::time::timeout(WAIT, sweep.finished())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(deleted, 2_500, "the sweep deletes exactly the orphans");
     f.settle();
     for key in &keys[..10] {
         let skey = c.store_key(key).unwrap();
-        assert!(f.store.get(&skey).await.unwrap().is_none(), "{skey} still stored");
+        assert!(
+            f.store.get(&skey).await.unwrap().is_none(),
+            "{skey} still stored"
+        );
     }
     assert_eq!(c.get("new").await.unwrap(), Some(s("after")));
     assert_eq!(other.get("k0").await.unwrap(), Some(s("stays")));
@@ -192,7 +216,10 @@ async fn pattern_invalidation_matches_keys_and_escaped_input_only_itself(f: Fixt
         assert_eq!(c.get(key).await.unwrap(), None);
     }
     assert_eq!(c.get("order:1").await.unwrap(), Some(s("order:1")));
-    assert_eq!(other.get("user:1").await.unwrap(), Some(s("other namespace")));
+    assert_eq!(
+        other.get("user:1").await.unwrap(),
+        Some(s("other namespace"))
+    );
     assert!(c.invalidate_matching("").await.is_err());
 }
 
@@ -212,11 +239,21 @@ async fn a_pattern_invalidation_during_a_load_keeps_its_value_out(f: Fixture) {
             .await
         }
     });
-    tokio::time::timeout(WAIT, read_source.notified()).await.unwrap();
+    tokio::time::timeout(WAIT, read_source.notified())
+        .await
+        .unwrap();
     c.invalidate_matching("user:*").await.unwrap();
     release.notify_one();
-    tokio::time::timeout(WAIT, load).await.unwrap().unwrap().unwrap();
-    assert_eq!(c.get("user:9").await.unwrap(), None, "the fill outlived the invalidation");
+    tokio::time::timeout(WAIT, load)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        c.get("user:9").await.unwrap(),
+        None,
+        "the fill outlived the invalidation"
+    );
 }
 
 for_each_store!(
@@ -235,7 +272,11 @@ fn large() -> usize {
     std::env::var("CACHETTE_TAG_ENTRIES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if cfg!(debug_assertions) { 20_000 } else { 1_000_000 })
+        .unwrap_or(if cfg!(debug_assertions) {
+            20_000
+        } else {
+            1_000_000
+        })
 }
 
 /// Writes `n` entries carrying `tag`, 512 writes in flight at a time.
@@ -273,9 +314,16 @@ async fn tag_invalidation_time_is_flat_from_a_thousand_to_a_million_entries() {
             c.invalidate_tag(tag).await.unwrap();
             times.push(t.elapsed());
         }
-        let sample: Vec<String> = (0..n).step_by(n / 100).map(|i| format!("{tag}{i}")).collect();
+        let sample: Vec<String> = (0..n)
+            .step_by(n / 100)
+            .map(|i| format!("{tag}{i}"))
+            .collect();
         assert!(
-            c.get_many(&sample).await.unwrap().iter().all(Option::is_none),
+            c.get_many(&sample)
+                .await
+                .unwrap()
+                .iter()
+                .all(Option::is_none),
             "an entry outlived its tag"
         );
         let t = Instant::now();

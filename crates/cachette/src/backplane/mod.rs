@@ -539,9 +539,7 @@ impl Backplane {
                 });
             }
         };
-        let confirm = s
-            .fleet
-            .confirm(published.seq, published.at, s.config.lease);
+        let confirm = s.fleet.confirm(published.seq, published.at, s.config.lease);
         tokio::pin!(confirm);
         let confirmed = loop {
             tokio::select! {
