@@ -307,6 +307,25 @@ pub fn warm_line(total: usize, r: &WarmReport) -> String {
     )
 }
 
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    ready: Ready,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(ready.state.clone());
+    // Responses are small; do not let Nagle hold them back.
+    let listener = ready.listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    ready.state.catalog.database().close().await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,23 +355,4 @@ mod tests {
         assert!(line.due(ms(2_100)));
         assert!(line.due(ms(3_100)));
     }
-}
-
-/// Serves until `shutdown` resolves, then finishes the requests in flight.
-pub async fn serve(
-    ready: Ready,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = router(ready.state.clone());
-    // Responses are small; do not let Nagle hold them back.
-    let listener = ready.listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    ready.state.catalog.database().close().await;
-    Ok(())
 }

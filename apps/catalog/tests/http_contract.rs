@@ -157,10 +157,17 @@ async fn listings_are_ordered_and_paged() {
 async fn put_updates_the_product_and_its_listing_at_once() {
     each_mode(async |app| {
         let mut c = app.client().await;
-        // Cache the product and the listing first, so a stale copy would show.
+        // Cache the product and the listing pages first (read twice: the
+        // second read is a hit), so a stale copy would show.
         let before = c.get("/products/205").await.unwrap().json().unwrap();
-        let listing = c.get("/categories/5/products?limit=100").await.unwrap();
-        assert_eq!(listing.status, 200);
+        let mut listed = Value::Null;
+        for _ in 0..2 {
+            let listing = c.get("/categories/5/products?limit=100").await.unwrap();
+            assert_eq!(listing.status, 200);
+            listed = listing.json().unwrap();
+            c.get("/categories/5/products?limit=1").await.unwrap();
+        }
+        assert!(listed.as_array().unwrap().contains(&before));
 
         let r = c
             .put_json(
@@ -184,6 +191,18 @@ async fn put_updates_the_product_and_its_listing_at_once() {
             c.get("/products/205").await.unwrap().json().unwrap(),
             updated
         );
+        // The same page as before the PUT: its cached copy is gone (its
+        // category's tag was invalidated), the new one has the new values.
+        let listed = c
+            .get("/categories/5/products?limit=100")
+            .await
+            .unwrap()
+            .json()
+            .unwrap();
+        let listed = listed.as_array().unwrap();
+        assert!(listed.contains(&updated), "the listing shows the update");
+        assert!(!listed.contains(&before), "and not the old product");
+        assert_eq!(listed.iter().filter(|p| p["id"] == 205).count(), 1);
         let first = c
             .get("/categories/5/products?limit=1")
             .await
@@ -243,9 +262,12 @@ async fn health_stats_and_unknown_routes() {
             ] {
                 assert!(p[field].is_u64(), "{field} in {p}");
             }
-            for namespace in ["listing", "category-generation"] {
-                assert!(s["namespaces"][namespace]["fail_safe_hits"].is_u64());
-            }
+            assert!(s["namespaces"]["listing"]["fail_safe_hits"].is_u64());
+            assert_eq!(
+                s["namespaces"].as_object().unwrap().len(),
+                2,
+                "product and listing: {s}"
+            );
             assert_eq!(p["hits"], 1);
             assert_eq!(p["misses"], 1);
             assert_eq!(p["stale_served"], 0, "nothing expired");
@@ -282,6 +304,74 @@ async fn missing_products_are_cached_as_missing() {
     app.stop().await;
 }
 
+/// A PUT invalidates its category's pages, every page and limit of it,
+/// and no other category's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_invalidates_its_categorys_pages_only() {
+    each_mode(async |app| {
+        if !app.state.catalog.is_cached() {
+            return app.stop().await;
+        }
+        let mut c = app.client().await;
+        let pages = [
+            "/categories/5/products",
+            "/categories/5/products?limit=3",
+            "/categories/5/products?page=2&limit=2",
+            "/categories/6/products",
+        ];
+        for _ in 0..2 {
+            for page in pages {
+                assert_eq!(c.get(page).await.unwrap().status, 200);
+            }
+        }
+        let before = app.db_queries().await;
+        for page in pages {
+            c.get(page).await.unwrap();
+        }
+        assert_eq!(app.db_queries().await, before, "all four pages cached");
+
+        // Product 105 is in category 5 (the seed puts product `id` in
+        // category `(id - 1) % 100 + 1`).
+        let r = c
+            .put_json(
+                "/products/105",
+                r#"{"name": "Moved up", "price_cents": 17}"#,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let updated = r.json().unwrap();
+        assert_eq!(updated["category_id"], 5);
+        let after_put = app.db_queries().await;
+        assert_eq!(after_put, before + 1, "the update's one query");
+
+        c.get("/categories/6/products").await.unwrap();
+        assert_eq!(
+            app.db_queries().await,
+            after_put,
+            "category 6 is still cached"
+        );
+        let head = c
+            .get("/categories/5/products?limit=3")
+            .await
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(head[0], updated, "the newest product heads its category");
+        c.get("/categories/5/products").await.unwrap();
+        c.get("/categories/5/products?page=2&limit=2")
+            .await
+            .unwrap();
+        assert_eq!(
+            app.db_queries().await,
+            after_put + 3,
+            "each of category 5's pages is reloaded once"
+        );
+        app.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warming_loads_the_hottest_products() {
     let app = TestApp::start(Options {
@@ -289,6 +379,17 @@ async fn warming_loads_the_hottest_products() {
         ..Options::default()
     })
     .await;
+    let warmed = app.warmed.expect("a warm-up ran");
+    assert_eq!(
+        (
+            warmed.done,
+            warmed.loaded,
+            warmed.skipped,
+            warmed.not_found,
+            warmed.failed
+        ),
+        (300, 300, 0, 0, 0)
+    );
     let mut c = app.client().await;
     let before = app.db_queries().await;
     for id in 1..=300 {
@@ -302,4 +403,43 @@ async fn warming_loads_the_hottest_products() {
     c.get("/products/301").await.unwrap();
     assert_eq!(app.db_queries().await, before + 1, "301 was not warmed");
     app.stop().await;
+}
+
+/// A second instance warming over the first's Redis finds the products
+/// cached and skips them; a warm-up past the catalog stops at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_skips_what_is_cached_and_stops_at_the_catalogs_end() {
+    let redis = RedisServer::spawn();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let start = |warm| {
+        TestApp::start(Options {
+            database_url: Some(db.clone()),
+            redis_url: Some(redis.url()),
+            warm,
+            ..Options::default()
+        })
+    };
+    let first = start(2_500).await;
+    let w = first.warmed.unwrap();
+    assert_eq!(
+        (w.done, w.loaded, w.skipped, w.not_found, w.failed),
+        (1_000, 1_000, 0, 0, 0),
+        "1,000 products, all warmed"
+    );
+    let second = start(1_200).await;
+    let w = second.warmed.unwrap();
+    assert_eq!(
+        (w.done, w.loaded, w.skipped, w.not_found, w.failed),
+        (1_000, 0, 1_000, 0, 0),
+        "all in Redis already"
+    );
+    let before = second.db_queries().await;
+    let mut c = second.client().await;
+    for id in [1, 500, 1_000] {
+        assert_eq!(c.get(&format!("/products/{id}")).await.unwrap().status, 200);
+    }
+    assert_eq!(second.db_queries().await, before);
+    first.stop().await;
+    second.stop().await;
 }

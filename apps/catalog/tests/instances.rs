@@ -124,6 +124,63 @@ async fn put_on_one_instance_is_read_on_the_other_with_zero_stale() {
     b.stop().await;
 }
 
+/// A category's listing, cached on both instances (read twice on each, so
+/// B holds it in L1), then a PUT on A of a product of that category: the
+/// moment the PUT returns, B's listing shows the new name and price. With
+/// L1 (the backplane acknowledges the tag invalidation) and without (B
+/// reads the tag's mark from Redis on every page read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_on_one_instance_updates_the_listing_on_the_other() {
+    for l1_mb in ["64", "0"] {
+        let redis = RedisServer::spawn();
+        let (_dir, db) = fresh_sqlite();
+        let mut args = serve_args(&db, Some(&redis.url()), PRODUCTS);
+        args.extend(["--l1-mb".to_owned(), l1_mb.to_owned()]);
+        let a = Instance::start(program(), &args).await.unwrap();
+        let b = Instance::start(program(), &args).await.unwrap();
+        let (mut on_a, mut on_b) = (
+            HttpClient::new(&a.url()).await.unwrap(),
+            HttpClient::new(&b.url()).await.unwrap(),
+        );
+        for round in 0..20_i64 {
+            // Category 1 holds products 1, 101, ..., 1901: a page of 100
+            // shows all 20, newest first.
+            let id = 1 + 100 * (round % 20);
+            let page = "/categories/1/products?limit=100";
+            for _ in 0..2 {
+                for c in [&mut on_a, &mut on_b] {
+                    assert_eq!(c.get(page).await.unwrap().status, 200);
+                }
+            }
+            let body = format!("{{\"name\":\"Renamed {round}\",\"price_cents\":{round}}}");
+            let put = on_a
+                .put_json(&format!("/products/{id}"), body)
+                .await
+                .unwrap();
+            assert_eq!(put.status, 200);
+            let written = put.json().unwrap();
+            for (instance, c) in [("B", &mut on_b), ("A", &mut on_a)] {
+                let listing = c.get(page).await.unwrap().json().unwrap();
+                let listing = listing.as_array().unwrap();
+                assert_eq!(
+                    listing.first(),
+                    Some(&written),
+                    "l1 {l1_mb} MiB, round {round}: {instance}'s listing is not headed by the update"
+                );
+                assert_eq!(listing.iter().filter(|p| p["id"] == id).count(), 1);
+            }
+        }
+        let stats: Value = on_b.get("/stats").await.unwrap().json().unwrap();
+        let hits = &stats["namespaces"]["listing"];
+        assert!(
+            hits["hits"].as_u64().unwrap() >= 20,
+            "B served the listing from its cache: {hits}"
+        );
+        a.stop().await;
+        b.stop().await;
+    }
+}
+
 /// Two processes started at the same moment on one empty database: one
 /// seeds, the other waits and uses its rows; neither fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,7 +57,8 @@ impl std::error::Error for Shared {
 pub(crate) struct BatchReport {
     /// Fresh in L1 or the store already.
     pub(crate) hits: usize,
-    /// Loaded by this batch's loader call and found.
+    /// Loaded by this call's loader and found (and cached, unless the
+    /// store failed).
     pub(crate) loaded: usize,
     /// Loaded by this batch, and the source had no such key.
     pub(crate) not_found: usize,
@@ -200,10 +201,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 None => {}
             }
             match self.inner.flights.join(&skey) {
-                Role::Follower(flight) => {
-                    report.joined += 1;
-                    waits.push((key, flight, stale));
-                }
+                Role::Follower(flight) => waits.push((key, flight, stale)),
                 Role::Leader(flight, settle) => {
                     waits.push((key.clone(), Arc::clone(&flight), stale.clone()));
                     missing.push(Missing {
@@ -217,24 +215,29 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 }
             }
         }
+        // The keys this call's loader answered: found, or not.
+        let mut loaded: HashMap<String, bool> = HashMap::new();
         if !missing.is_empty() {
             self.inner.stats.load_wait();
             let task = self.clone().load_batch(missing, loader);
-            let batch = match tokio::runtime::Handle::try_current() {
+            loaded = match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => runtime.spawn(task).await.unwrap_or_default(),
                 Err(_) => task.await,
             };
-            report.loaded += batch.loaded;
-            report.not_found += batch.not_found;
-            report.joined += batch.joined;
         }
         let mut first_error = None;
         for (key, flight, stale) in waits {
             match self.await_flight(&flight, stale).await {
-                Ok(Some(v)) => {
-                    found.insert(key, Arc::unwrap_or_clone(v));
+                Ok(value) => {
+                    match loaded.get(&key) {
+                        Some(true) => report.loaded += 1,
+                        Some(false) => report.not_found += 1,
+                        None => report.joined += 1,
+                    }
+                    if let Some(v) = value {
+                        found.insert(key, Arc::unwrap_or_clone(v));
+                    }
                 }
-                Ok(None) => {}
                 Err(e) => {
                     report.failed += 1;
                     first_error.get_or_insert(e);
@@ -268,18 +271,22 @@ impl<V: Value, C: Codec> Cache<V, C> {
             });
         }
         let tags = decoded.iter().flatten().filter_map(|d| d.tags.as_ref());
-        if let Err(e) = self
+        let fetched = match self
             .inner
             .marks
             .prefetch(self.inner.store.as_ref(), tags)
             .await
         {
-            self.inner.stats.store_error(&e);
-        }
+            Ok(fetched) => fetched,
+            Err(e) => {
+                self.inner.stats.store_error(&e);
+                crate::marks::Fetched::new()
+            }
+        };
         let now = envelope::now_ms();
         let mut out = Vec::with_capacity(raw.len());
         for (i, d) in decoded.into_iter().enumerate() {
-            let d = d.and_then(|d| self.screen_cached(d));
+            let d = d.and_then(|d| self.screen_fetched(&fetched, d));
             let Some(d) = d else {
                 self.inner.stats.miss();
                 out.push((None, None));
@@ -324,8 +331,12 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// Claims the missing keys' leases, loads the granted ones in one call
     /// and fills them; hands the rest to the single-key path. Runs as its
     /// own task: the flights it settles have other waiters.
-    async fn load_batch(self, missing: Vec<Missing<V>>, loader: BatchFn<V>) -> BatchReport {
-        let mut report = BatchReport::default();
+    async fn load_batch(
+        self,
+        missing: Vec<Missing<V>>,
+        loader: BatchFn<V>,
+    ) -> HashMap<String, bool> {
+        let mut answered = HashMap::new();
         let policy = &self.inner.policy;
         let ttl = self.inner.ttl;
         let token = LeaseToken::random();
@@ -349,14 +360,11 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 Err(_) => granted.push((m, Standing::Unfenced)),
                 // Present after all, or someone else is loading it: the
                 // single-key path reads it or waits for that fill.
-                Ok(_) => {
-                    report.joined += 1;
-                    self.hand_off(m, Arc::clone(&loader), ttl);
-                }
+                Ok(_) => self.hand_off(m, Arc::clone(&loader), ttl),
             }
         }
         if granted.is_empty() {
-            return report;
+            return answered;
         }
         let keys: Vec<String> = granted.iter().map(|(m, _)| m.key.clone()).collect();
         let started = Instant::now();
@@ -368,10 +376,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
             Ok(mut values) => {
                 let fills = granted.into_iter().map(|(m, standing)| {
                     let value = values.remove(&m.key).map(Arc::new);
-                    match value {
-                        Some(_) => report.loaded += 1,
-                        None => report.not_found += 1,
-                    }
+                    answered.insert(m.key.clone(), value.is_some());
                     let this = &self;
                     async move {
                         if let Standing::Leased(token) = &standing {
@@ -405,7 +410,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 .await;
             }
         }
-        report
+        answered
     }
 
     /// Runs the batch loader: panics caught, the leases extended while it

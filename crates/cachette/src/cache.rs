@@ -25,7 +25,7 @@ use crate::envelope::{self, InvalidEntry, Meta, Tags, flags};
 use crate::flight::Flights;
 use crate::key::KeySpace;
 use crate::l1::{L1, L1Usage};
-use crate::marks::{Marks, Verdict};
+use crate::marks::{Fetched, Marks, Verdict};
 use crate::policy::{Age, LoadPolicy, Stamp};
 use crate::signal;
 use crate::stats::{Recorder, Stats};
@@ -392,19 +392,23 @@ impl<V: Value, C: Codec> Cache<V, C> {
             )
             .collect();
         let tags = decoded.iter().flatten().filter_map(|d| d.tags.as_ref());
-        let prefetched = self
+        let fetched = match self
             .inner
             .marks
             .prefetch(self.inner.store.as_ref(), tags)
-            .await;
-        if let Err(e) = &prefetched {
-            self.inner.stats.store_error(e);
-        }
+            .await
+        {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                self.inner.stats.store_error(&e);
+                Fetched::new()
+            }
+        };
         let now = envelope::now_ms();
         decoded
             .into_iter()
             .map(|decoded| {
-                let found = match decoded.and_then(|d| self.screen_cached(d)) {
+                let found = match decoded.and_then(|d| self.screen_fetched(&fetched, d)) {
                     Some(d) if self.inner.policy.age(d.stamp, now) == Age::Fresh => d.found,
                     _ => Found::Nothing,
                 };
@@ -935,13 +939,17 @@ impl<V: Value, C: Codec> Cache<V, C> {
         }
     }
 
-    /// [`Cache::screen`] with the marks already fetched; an unknown mark
-    /// is a miss.
-    pub(crate) fn screen_cached(&self, decoded: Decoded<V>) -> Option<Decoded<V>> {
-        let verdict = self
-            .inner
-            .marks
-            .judge_cached(decoded.stamp.as_of_us, decoded.tags.as_ref())?;
+    /// [`Cache::screen`] with the marks already fetched (or cached); an
+    /// unknown mark is a miss.
+    pub(crate) fn screen_fetched(
+        &self,
+        fetched: &Fetched,
+        decoded: Decoded<V>,
+    ) -> Option<Decoded<V>> {
+        let verdict =
+            self.inner
+                .marks
+                .judge_with(fetched, decoded.stamp.as_of_us, decoded.tags.as_ref())?;
         expire(decoded, verdict)
     }
 

@@ -16,14 +16,20 @@ use crate::cache::{Cache, Value};
 use crate::codec::Codec;
 use crate::envelope;
 use crate::marks::Mark;
-use crate::store::Store;
 
 /// Keys handed to the store per batch when walking the keyspace.
 pub const SCAN_BATCH: usize = 1_000;
 
 /// The physical cleanup a [`Cache::clear`] started in the background.
 #[derive(Debug)]
-pub struct Sweep(JoinHandle<Result<u64, Error>>);
+pub struct Sweep(Swept);
+
+#[derive(Debug)]
+enum Swept {
+    Running(JoinHandle<Result<u64, Error>>),
+    /// Without a Tokio runtime the sweep ran before `clear` returned.
+    Done(Option<Result<u64, Error>>),
+}
 
 impl Sweep {
     /// Waits for the cleanup; how many orphaned entries it deleted.
@@ -32,12 +38,15 @@ impl Sweep {
     /// [`Error::Store`] when the store failed during the walk (the entries
     /// left are invisible all the same, and expire with their TTL).
     pub async fn finished(self) -> Result<u64, Error> {
-        match self.0.await {
-            Ok(result) => result,
-            Err(e) => Err(Error::Store(crate::store::StoreError::Unavailable {
-                store: crate::store::StoreKind::Embedded,
-                source: Box::new(e),
-            })),
+        match self.0 {
+            Swept::Running(task) => match task.await {
+                Ok(result) => result,
+                Err(e) => Err(Error::Store(crate::store::StoreError::Unavailable {
+                    store: crate::store::StoreKind::Embedded,
+                    source: Box::new(e),
+                })),
+            },
+            Swept::Done(result) => result.unwrap_or(Ok(0)),
         }
     }
 }
@@ -98,7 +107,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
         // they stay (and expire on their own if void).
         let before_ms = mark.removed_us / 1000;
         let namespace = self.inner.namespace.clone();
-        Ok(Sweep(tokio::spawn(async move {
+        let sweep = async move {
             let swept = store.sweep(&pattern, before_ms, SCAN_BATCH).await;
             match &swept {
                 Ok(n) => {
@@ -109,7 +118,11 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 }
             }
             Ok(swept?)
-        })))
+        };
+        Ok(Sweep(match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => Swept::Running(runtime.spawn(sweep)),
+            Err(_) => Swept::Done(Some(sweep.await)),
+        }))
     }
 
     /// Deletes every entry of this namespace whose key matches `pattern`, a
@@ -175,6 +188,3 @@ impl<V: Value, C: Codec> Cache<V, C> {
 
 /// How long a fetched mark is trusted without a backplane, by default.
 pub const DEFAULT_MARK_POLL: Duration = Duration::from_secs(1);
-
-#[allow(dead_code)]
-fn _assert_store_object_safe(_: &dyn Store) {}

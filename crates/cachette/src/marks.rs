@@ -109,7 +109,12 @@ pub(crate) struct Marks {
     /// Bumped by every forget: a fetch that saw another epoch does not
     /// cache what it read.
     epoch: AtomicU64,
+    /// False with a zero poll period: every judgement reads the store.
+    caching: bool,
 }
+
+/// Marks fetched for one batch of entries, by tag (`""`: the namespace).
+pub(crate) type Fetched = std::collections::HashMap<String, Mark>;
 
 impl std::fmt::Debug for Marks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,14 +133,15 @@ impl Marks {
             None => format!("{namespace}:"),
         };
         let mut known = moka::sync::Cache::builder().max_capacity(CACHED_MARKS);
-        if let Some(poll) = poll {
-            known = known.time_to_live(poll.max(Duration::from_millis(1)));
+        if let Some(poll) = poll.filter(|p| !p.is_zero()) {
+            known = known.time_to_live(poll);
         }
         Marks {
             namespace_key: format!("{head}cleared"),
             head,
             known: known.build(),
             epoch: AtomicU64::new(0),
+            caching: poll != Some(Duration::ZERO),
         }
     }
 
@@ -176,9 +182,21 @@ impl Marks {
 
     /// The verdict from cached marks alone; `None` if one is not known.
     pub(crate) fn judge_cached(&self, as_of_us: u64, tags: Option<&Tags>) -> Option<Verdict> {
-        let mut verdict = self.known.get(NAMESPACE)?.judge(as_of_us);
+        self.judge_with(&Fetched::new(), as_of_us, tags)
+    }
+
+    /// The verdict from marks just `fetched`, else cached ones; `None` if
+    /// one is not known.
+    pub(crate) fn judge_with(
+        &self,
+        fetched: &Fetched,
+        as_of_us: u64,
+        tags: Option<&Tags>,
+    ) -> Option<Verdict> {
+        let mark = |name: &str| fetched.get(name).copied().or_else(|| self.known.get(name));
+        let mut verdict = mark(NAMESPACE)?.judge(as_of_us);
         for tag in tags.map(|t| &t.0[..]).unwrap_or_default() {
-            verdict = worse(verdict, self.known.get(&**tag)?.judge(as_of_us));
+            verdict = worse(verdict, mark(tag)?.judge(as_of_us));
         }
         Some(verdict)
     }
@@ -213,7 +231,7 @@ impl Marks {
         &self,
         store: &dyn Store,
         tags: impl Iterator<Item = &'a Tags>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Fetched, StoreError> {
         let mut names: Vec<&str> = Vec::new();
         if !self.known.contains_key(NAMESPACE) {
             names.push(NAMESPACE);
@@ -225,10 +243,11 @@ impl Marks {
                 }
             }
         }
-        if !names.is_empty() {
-            self.fetch(store, &names).await?;
+        if names.is_empty() {
+            return Ok(Fetched::new());
         }
-        Ok(())
+        let marks = self.fetch(store, &names).await?;
+        Ok(names.iter().map(|n| (*n).to_owned()).zip(marks).collect())
     }
 
     async fn fetch(&self, store: &dyn Store, names: &[&str]) -> Result<Vec<Mark>, StoreError> {
@@ -239,7 +258,7 @@ impl Marks {
             .iter()
             .map(|b| b.as_deref().and_then(Mark::parse).unwrap_or_default())
             .collect();
-        if self.epoch.load(Ordering::SeqCst) == epoch {
+        if self.caching && self.epoch.load(Ordering::SeqCst) == epoch {
             for (name, mark) in names.iter().zip(&marks) {
                 self.known.insert((*name).to_owned(), *mark);
             }
@@ -252,7 +271,9 @@ impl Marks {
     pub(crate) fn learn(&self, key: &str, mark: Mark) {
         if let Some(name) = self.name_of(key) {
             self.epoch.fetch_add(1, Ordering::SeqCst);
-            self.known.insert(name.to_owned(), mark);
+            if self.caching {
+                self.known.insert(name.to_owned(), mark);
+            }
         }
     }
 

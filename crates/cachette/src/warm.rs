@@ -44,7 +44,8 @@ impl Default for WarmOptions {
 pub struct WarmReport {
     /// Keys handled so far.
     pub done: usize,
-    /// Loaded from the source and cached.
+    /// Loaded from the source (and cached, unless the store failed:
+    /// counted in the cache's store errors).
     pub loaded: usize,
     /// Already cached, or loaded meanwhile by another caller.
     pub skipped: usize,
