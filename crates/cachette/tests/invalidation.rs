@@ -173,10 +173,18 @@ async fn an_l1_copy_respects_a_tag_invalidated_through_another_cache(f: Fixture)
     }
     assert!(reader.stats().l1_hits >= 1, "the copy is in L1");
     writer.invalidate_tag("t").await.unwrap();
-    assert_eq!(strict.get("k").await.unwrap(), None, "zero poll: seen at once");
+    assert_eq!(
+        strict.get("k").await.unwrap(),
+        None,
+        "zero poll: seen at once"
+    );
     // The poll period is the mechanism under test here: wait it out.
     tokio::time::sleep(poll * 2).await;
-    assert_eq!(reader.get("k").await.unwrap(), None, "seen after one poll period");
+    assert_eq!(
+        reader.get("k").await.unwrap(),
+        None,
+        "seen after one poll period"
+    );
 }
 
 async fn a_namespace_clear_voids_everything_at_once_and_sweeps_in_the_background(f: Fixture) {
