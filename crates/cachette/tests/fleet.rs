@@ -247,7 +247,22 @@ struct LeaseProbe {
 impl LeaseProbe {
     fn new(redis: &RedisServer) -> LeaseProbe {
         let mut conn = redis.client().get_connection().unwrap();
-        let leases: Vec<String> = redis::cmd("KEYS").arg("*:lease").query(&mut conn).unwrap();
+        // SCAN, not KEYS: every test server fails its test on KEYS.
+        let mut leases: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        for _ in 0..10_000 {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("*:lease")
+                .query(&mut conn)
+                .unwrap();
+            leases.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
         assert_eq!(leases.len(), 1, "one lease held, found {leases:?}");
         let key = leases.into_iter().next().unwrap();
         LeaseProbe { conn, key }
