@@ -20,17 +20,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures_util::FutureExt;
 use futures_util::future::join_all;
 
-use crate::cache::{Cache, Found, StaleCopy, Tagged, Value, panic_message};
+use crate::cache::{Cache, Found, StaleCopy, Tagged, Value};
 use crate::codec::Codec;
 use crate::envelope;
-use crate::flight::{Failure, Flight, Role, Settle};
+use crate::flight::{Flight, Role, Settle};
 use crate::load::{Job, Loaded, Standing};
 use crate::policy::Age;
 use crate::store::{Claim, Lease, LeaseToken};
@@ -259,34 +257,10 @@ impl<V: Value, C: Codec> Cache<V, C> {
         raw: &[Option<bytes::Bytes>],
         tickets: &[Option<crate::l1::Ticket>],
     ) -> Vec<(Option<Found<V>>, Option<StaleCopy<V>>)> {
-        let mut decoded = Vec::with_capacity(raw.len());
-        for bytes in raw {
-            decoded.push(match bytes.as_deref().map(|b| self.decode_quiet(b)) {
-                Some(Ok(d)) => Some(d),
-                Some(Err(why)) => {
-                    self.inner.stats.invalid_entry(&why);
-                    None
-                }
-                None => None,
-            });
-        }
-        let tags = decoded.iter().flatten().filter_map(|d| d.tags.as_ref());
-        let fetched = match self
-            .inner
-            .marks
-            .prefetch(self.inner.store.as_ref(), tags)
-            .await
-        {
-            Ok(fetched) => fetched,
-            Err(e) => {
-                self.inner.stats.store_error(&e);
-                crate::marks::Fetched::new()
-            }
-        };
+        let screened = self.screen_many(raw).await;
         let now = envelope::now_ms();
         let mut out = Vec::with_capacity(raw.len());
-        for (i, d) in decoded.into_iter().enumerate() {
-            let d = d.and_then(|d| self.screen_fetched(&fetched, d));
+        for (i, d) in screened.into_iter().enumerate() {
             let Some(d) = d else {
                 self.inner.stats.miss();
                 out.push((None, None));
@@ -369,7 +343,15 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let keys: Vec<String> = granted.iter().map(|(m, _)| m.key.clone()).collect();
         let started = Instant::now();
         let as_of_us = envelope::now_us();
-        let result = self.run_batch(&granted, &keys, loader).await;
+        let hard_deadline = self.inner.policy.hard_timeout.map(|t| started + t);
+        let leases = granted
+            .iter()
+            .filter_map(|(m, standing)| match standing {
+                Standing::Leased(token) => Some((m.skey.as_str(), token)),
+                Standing::Unfenced => None,
+            })
+            .collect();
+        let result = self.run_guarded(leases, hard_deadline, loader(keys)).await;
         let took = started.elapsed();
         self.inner.stats.load(took);
         match result {
@@ -411,43 +393,6 @@ impl<V: Value, C: Codec> Cache<V, C> {
             }
         }
         answered
-    }
-
-    /// Runs the batch loader: panics caught, the leases extended while it
-    /// runs, abandoned at the hard timeout.
-    async fn run_batch(
-        &self,
-        granted: &[(Missing<V>, Standing)],
-        keys: &[String],
-        loader: BatchFn<V>,
-    ) -> Result<HashMap<String, V>, Failure> {
-        let policy = &self.inner.policy;
-        let load = AssertUnwindSafe(loader(keys.to_vec())).catch_unwind();
-        tokio::pin!(load);
-        let far = Duration::from_secs(365 * 24 * 3600);
-        let deadline = tokio::time::sleep(policy.hard_timeout.unwrap_or(far));
-        tokio::pin!(deadline);
-        let every = policy.lease_ttl.get() / 3;
-        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tokio::select! {
-                result = &mut load => return match result {
-                    Ok(Ok(values)) => Ok(values),
-                    Ok(Err(err)) => Err(Failure::Loader(Arc::from(err))),
-                    Err(panic) => Err(Failure::Panicked(panic_message(panic.as_ref()))),
-                },
-                () = &mut deadline, if policy.hard_timeout.is_some() => {
-                    return Err(Failure::TimedOut(policy.hard_timeout.unwrap_or_default()));
-                }
-                _ = keepalive.tick() => {
-                    join_all(granted.iter().filter_map(|(m, standing)| match standing {
-                        Standing::Leased(token) => Some(self.inner.store.extend_lease(&m.skey, token, policy.lease_ttl)),
-                        Standing::Unfenced => None,
-                    }))
-                    .await;
-                }
-            }
-        }
     }
 
     /// Leaves one key of a batch to the single-key path (its flight is

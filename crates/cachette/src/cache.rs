@@ -375,9 +375,30 @@ impl<V: Value, C: Codec> Cache<V, C> {
             .collect())
     }
 
-    /// Decodes a batch read (fresh entries only), fetching the marks of
-    /// every entry's tags in one round trip; counts hits and misses.
+    /// Decodes a batch read (fresh entries only); counts hits and misses.
     pub(crate) async fn decode_many(&self, raw: &[Option<Bytes>]) -> Vec<Found<V>> {
+        let now = envelope::now_ms();
+        self.screen_many(raw)
+            .await
+            .into_iter()
+            .map(|decoded| {
+                let found = match decoded {
+                    Some(d) if self.inner.policy.age(d.stamp, now) == Age::Fresh => d.found,
+                    _ => Found::Nothing,
+                };
+                match found {
+                    Found::Value(_) | Found::Absent => self.inner.stats.hit(),
+                    Found::Nothing => self.inner.stats.miss(),
+                }
+                found
+            })
+            .collect()
+    }
+
+    /// Decodes a batch read and applies the invalidation marks, fetching
+    /// those of every entry's tags in one round trip: `None` for a key
+    /// with no readable, unvoided entry. Counts unreadable entries only.
+    pub(crate) async fn screen_many(&self, raw: &[Option<Bytes>]) -> Vec<Option<Decoded<V>>> {
         let decoded: Vec<Option<Decoded<V>>> = raw
             .iter()
             .map(
@@ -404,20 +425,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 Fetched::new()
             }
         };
-        let now = envelope::now_ms();
         decoded
             .into_iter()
-            .map(|decoded| {
-                let found = match decoded.and_then(|d| self.screen_fetched(&fetched, d)) {
-                    Some(d) if self.inner.policy.age(d.stamp, now) == Age::Fresh => d.found,
-                    _ => Found::Nothing,
-                };
-                match found {
-                    Found::Value(_) | Found::Absent => self.inner.stats.hit(),
-                    Found::Nothing => self.inner.stats.miss(),
-                }
-                found
-            })
+            .map(|d| d.and_then(|d| self.screen_fetched(&fetched, d)))
             .collect()
     }
 

@@ -297,9 +297,14 @@ impl<V: Value, C: Codec> Cache<V, C> {
         // The source as of the load's start: an invalidation from here on
         // voids this value (see `marks`).
         let as_of_us = envelope::now_us();
-        let result = self
-            .run_loader(skey, &standing, hard_deadline, loader)
-            .await;
+        let leases = match &standing {
+            Standing::Leased(token) => vec![(skey, token)],
+            Standing::Unfenced => Vec::new(),
+        };
+        // The loader's error (which need not be `Send`) is converted before
+        // anything else is awaited.
+        let load = async move { loader().await.map_err(Into::into) };
+        let result = self.run_guarded(leases, hard_deadline, load).await;
         let took = started.elapsed();
         self.inner.stats.load(took);
         let (value, tags) = match result {
@@ -547,62 +552,44 @@ impl<V: Value, C: Codec> Cache<V, C> {
         Claimed::Load(Standing::Unfenced)
     }
 
-    /// Runs the loader: panics caught, the lease extended while it runs,
-    /// abandoned at the hard timeout.
-    async fn run_loader<F, Fut, E>(
+    /// Runs `load` (one key's loader, or a batch's): panics caught, the
+    /// `leases` extended every third of their TTL while it runs (one a
+    /// write ended is dropped: its fill will be refused, the value is still
+    /// served), abandoned at the hard deadline.
+    pub(crate) async fn run_guarded<T>(
         &self,
-        skey: &str,
-        standing: &Standing,
+        mut leases: Vec<(&str, &LeaseToken)>,
         hard_deadline: Option<Instant>,
-        loader: F,
-    ) -> Result<Tagged<Option<V>>, Failure>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Tagged<Option<V>>, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        let load = async move {
-            // The loader's error (which need not be `Send`) is converted
-            // before anything else is awaited.
-            match AssertUnwindSafe(async move { loader().await })
-                .catch_unwind()
-                .await
-            {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(err)) => Err(Failure::Loader(Arc::from(err.into()))),
-                Err(panic) => Err(Failure::Panicked(panic_message(panic.as_ref()))),
-            }
-        };
+        load: impl Future<Output = Result<T, BoxError>>,
+    ) -> Result<T, Failure> {
+        let load = AssertUnwindSafe(load).catch_unwind();
         tokio::pin!(load);
         let policy = &self.inner.policy;
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let deadline = tokio::time::sleep_until(hard_deadline.unwrap_or(far).into());
         tokio::pin!(deadline);
-        let mut token = match standing {
-            Standing::Leased(token) => Some(token),
-            Standing::Unfenced => None,
-        };
         let every = policy.lease_ttl.get() / 3;
         let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
-                result = &mut load => return result,
+                result = &mut load => return match result {
+                    Ok(Ok(value)) => Ok(value),
+                    Ok(Err(err)) => Err(Failure::Loader(Arc::from(err))),
+                    Err(panic) => Err(Failure::Panicked(panic_message(panic.as_ref()))),
+                },
                 () = &mut deadline, if hard_deadline.is_some() => {
                     return Err(Failure::TimedOut(policy.hard_timeout.unwrap_or_default()));
                 }
-                _ = keepalive.tick(), if token.is_some() => {
-                    if let Some(held) = token {
-                        let extended = self
-                            .inner
-                            .store
-                            .extend_lease(skey, held, policy.lease_ttl)
-                            .await;
-                        // Lost (a write ended it): the fill will be refused,
-                        // so stop extending; the value is still served.
-                        if matches!(extended, Ok(false)) {
-                            token = None;
-                        }
-                    }
+                _ = keepalive.tick(), if !leases.is_empty() => {
+                    let store = &self.inner.store;
+                    let extended = futures_util::future::join_all(
+                        leases
+                            .iter()
+                            .map(|(skey, token)| store.extend_lease(skey, token, policy.lease_ttl)),
+                    )
+                    .await;
+                    let mut lost = extended.iter().map(|e| matches!(e, Ok(false)));
+                    leases.retain(|_| !lost.next().unwrap_or(false));
                 }
             }
         }

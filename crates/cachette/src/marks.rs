@@ -25,9 +25,10 @@
 //! only matters for entries written before it, and no entry outlives that.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::envelope::Tags;
+use crate::envelope::{self, Tags};
 use crate::store::{Store, StoreError};
 
 /// The two times of a mark, unix µs; 0 is "never".
@@ -104,13 +105,29 @@ pub(crate) struct Marks {
     /// `[prefix:]ns:`
     head: String,
     namespace_key: String,
-    /// By tag (`""` for the namespace).
+    /// By tag.
     known: moka::sync::Cache<String, Mark>,
+    /// The namespace's mark, judged on every read (L1 hits included), so
+    /// kept in atomics rather than the map.
+    namespace: NamespaceMark,
+    /// Trust in a fetched mark, in ms (`u64::MAX`: until forgotten).
+    poll_ms: u64,
     /// Bumped by every forget: a fetch that saw another epoch does not
     /// cache what it read.
     epoch: AtomicU64,
+    /// Held by a fetch while it checks the epoch and caches, and by every
+    /// forget: so no fetch caches between a forget and its epoch bump.
+    updates: Mutex<()>,
     /// False with a zero poll period: every judgement reads the store.
     caching: bool,
+}
+
+/// The namespace's mark and until when it is trusted (0: unknown).
+#[derive(Default)]
+struct NamespaceMark {
+    removed_us: AtomicU64,
+    expired_us: AtomicU64,
+    trusted_until_ms: AtomicU64,
 }
 
 /// Marks fetched for one batch of entries, by tag (`""`: the namespace).
@@ -140,7 +157,12 @@ impl Marks {
             namespace_key: format!("{head}cleared"),
             head,
             known: known.build(),
+            namespace: NamespaceMark::default(),
+            poll_ms: poll.map_or(u64::MAX, |p| {
+                u64::try_from(p.as_millis()).unwrap_or(u64::MAX)
+            }),
             epoch: AtomicU64::new(0),
+            updates: Mutex::new(()),
             caching: poll != Some(Duration::ZERO),
         }
     }
@@ -193,7 +215,7 @@ impl Marks {
         as_of_us: u64,
         tags: Option<&Tags>,
     ) -> Option<Verdict> {
-        let mark = |name: &str| fetched.get(name).copied().or_else(|| self.known.get(name));
+        let mark = |name: &str| fetched.get(name).copied().or_else(|| self.recall(name));
         let mut verdict = mark(NAMESPACE)?.judge(as_of_us);
         for tag in tags.map(|t| &t.0[..]).unwrap_or_default() {
             verdict = worse(verdict, mark(tag)?.judge(as_of_us));
@@ -233,7 +255,7 @@ impl Marks {
         tags: impl Iterator<Item = &'a Tags>,
     ) -> Result<Fetched, StoreError> {
         let mut names: Vec<&str> = Vec::new();
-        if !self.known.contains_key(NAMESPACE) {
+        if self.recall(NAMESPACE).is_none() {
             names.push(NAMESPACE);
         }
         for list in tags {
@@ -258,21 +280,60 @@ impl Marks {
             .iter()
             .map(|b| b.as_deref().and_then(Mark::parse).unwrap_or_default())
             .collect();
+        self.cache_fetched(epoch, names, &marks);
+        Ok(marks)
+    }
+
+    /// Caches marks fetched since `epoch`, unless a forget came between.
+    fn cache_fetched(&self, epoch: u64, names: &[&str], marks: &[Mark]) {
+        let _updates = self.lock();
         if self.caching && self.epoch.load(Ordering::SeqCst) == epoch {
-            for (name, mark) in names.iter().zip(&marks) {
-                self.known.insert((*name).to_owned(), *mark);
+            for (name, mark) in names.iter().zip(marks) {
+                self.remember(name, *mark);
             }
         }
-        Ok(marks)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.updates.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached mark of `name`, if trusted still.
+    fn recall(&self, name: &str) -> Option<Mark> {
+        if name != NAMESPACE {
+            return self.known.get(name);
+        }
+        let ns = &self.namespace;
+        let until = ns.trusted_until_ms.load(Ordering::Acquire);
+        // The clock is read only when a mark is known at all.
+        (until != 0 && (until == u64::MAX || envelope::now_ms() < until)).then(|| Mark {
+            removed_us: ns.removed_us.load(Ordering::Acquire),
+            expired_us: ns.expired_us.load(Ordering::Acquire),
+        })
+    }
+
+    /// Caches `mark` for `name` (under the update lock).
+    fn remember(&self, name: &str, mark: Mark) {
+        if name != NAMESPACE {
+            self.known.insert(name.to_owned(), mark);
+            return;
+        }
+        let ns = &self.namespace;
+        // Marks only rise: a concurrent reader sees the old or the new.
+        ns.removed_us.fetch_max(mark.removed_us, Ordering::Release);
+        ns.expired_us.fetch_max(mark.expired_us, Ordering::Release);
+        let until = envelope::now_ms().saturating_add(self.poll_ms);
+        ns.trusted_until_ms.store(until.max(1), Ordering::Release);
     }
 
     /// This process raised the mark under `key`; `mark` is what the store
     /// holds now.
     pub(crate) fn learn(&self, key: &str, mark: Mark) {
         if let Some(name) = self.name_of(key) {
+            let _updates = self.lock();
             self.epoch.fetch_add(1, Ordering::SeqCst);
             if self.caching {
-                self.known.insert(name.to_owned(), mark);
+                self.remember(name, mark);
             }
         }
     }
@@ -282,8 +343,13 @@ impl Marks {
     pub(crate) fn forget(&self, key: &str) -> bool {
         match self.name_of(key) {
             Some(name) => {
+                let _updates = self.lock();
                 self.epoch.fetch_add(1, Ordering::SeqCst);
-                self.known.invalidate(name);
+                if name == NAMESPACE {
+                    self.namespace.trusted_until_ms.store(0, Ordering::Release);
+                } else {
+                    self.known.invalidate(name);
+                }
                 true
             }
             None => false,
@@ -292,7 +358,9 @@ impl Marks {
 
     /// Marks may have been raised unheard (the backplane was down).
     pub(crate) fn forget_all(&self) {
+        let _updates = self.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.namespace.trusted_until_ms.store(0, Ordering::Release);
         self.known.invalidate_all();
     }
 }
@@ -326,6 +394,31 @@ mod tests {
         assert_eq!(m.judge(101), Verdict::Expired);
         assert_eq!(m.judge(200), Verdict::Expired);
         assert_eq!(m.judge(201), Verdict::Valid);
+    }
+
+    #[test]
+    fn a_fetch_that_raced_a_forget_caches_nothing() {
+        let marks = Marks::new(None, "ns", Some(Duration::from_secs(60)));
+        let old = Mark::default();
+        for name in ["", "t"] {
+            let key = marks.key_of(name);
+            // Fetched before the forget, answered after it: the answer may
+            // predate the raise the forget announced.
+            let epoch = marks.epoch.load(Ordering::SeqCst);
+            assert!(marks.forget(&key));
+            marks.cache_fetched(epoch, &[name], &[old]);
+            assert_eq!(
+                marks.recall(name),
+                None,
+                "{name:?}: a stale mark was cached"
+            );
+            // A fetch begun after the forget is cached.
+            let epoch = marks.epoch.load(Ordering::SeqCst);
+            marks.cache_fetched(epoch, &[name], &[old]);
+            assert_eq!(marks.recall(name), Some(old));
+            marks.forget_all();
+            assert_eq!(marks.recall(name), None);
+        }
     }
 
     #[test]

@@ -204,6 +204,7 @@ async fn batches_share_single_flight_with_get_or_load(f: Fixture) {
     tokio::time::timeout(WAIT, entered.notified())
         .await
         .unwrap();
+    let before = c.stats().load_waits;
     let single = tokio::spawn({
         let c = c.clone();
         async move {
@@ -217,12 +218,19 @@ async fn batches_share_single_flight_with_get_or_load(f: Fixture) {
         }
     });
     tokio::time::timeout(WAIT, async {
-        while c.stats().load_waits < 3 {
+        while c.stats().load_waits == before {
             tokio::task::yield_now().await;
         }
     })
     .await
     .unwrap();
+    // The single call is waiting: on the batch's flight for "11" (two
+    // flights in this process), not on one of its own (three).
+    assert_eq!(
+        c.loads_in_flight(),
+        2,
+        "the single load did not join the batch's flight"
+    );
     release.notify_one();
     assert_eq!(
         tokio::time::timeout(WAIT, single)
@@ -242,6 +250,13 @@ async fn batches_share_single_flight_with_get_or_load(f: Fixture) {
         2
     );
     assert_eq!(batch_calls.load(SeqCst), 1);
+    // Shared in process, not through the store: nobody waited on a lease
+    // (callers in separate flights would have, and still loaded once).
+    assert_eq!(
+        c.stats().lease_waits,
+        0,
+        "a caller waited on the lease instead of joining"
+    );
 }
 
 /// The stale-set race, batch edition: a write during the batch load wins.
