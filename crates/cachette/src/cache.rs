@@ -117,6 +117,11 @@ impl<V: Value, C: Codec> Listener for Inner<V, C> {
         if self.marks.forget(mark_key) {
             self.stats.invalidation_received();
         }
+        if self.marks.is_namespace_key(mark_key)
+            && let Some(l1) = &self.l1
+        {
+            l1.invalidate_all();
+        }
     }
 
     fn flush(&self) {
@@ -797,16 +802,19 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let Some(slot) = slot else {
             return Ok(L1Probe::Miss);
         };
-        // A mark that voids the copy: the store path decides what is left
-        // (an expired entry may still be a fail-safe fallback there).
-        match self
-            .inner
-            .marks
-            .judge_cached(slot.stamp.as_of_us, slot.tags.as_ref())
-        {
-            Some(Verdict::Valid) => {}
-            Some(_) => return Ok(L1Probe::Miss),
-            None => return Ok(L1Probe::Unsure(slot.tags)),
+        // A tag mark that voids the copy: the store path decides what is
+        // left (an expired entry may still be a fail-safe fallback there).
+        // Namespace clears drop L1 copies instead (`drop_mark`, `clear`).
+        if let Some(tags) = &slot.tags {
+            match self
+                .inner
+                .marks
+                .judge_tags_cached(slot.stamp.as_of_us, tags)
+            {
+                Some(Verdict::Valid) => {}
+                Some(_) => return Ok(L1Probe::Miss),
+                None => return Ok(L1Probe::Unsure(slot.tags)),
+            }
         }
         let found = match slot.value {
             Some(value) => {

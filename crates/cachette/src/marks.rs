@@ -207,6 +207,23 @@ impl Marks {
         self.judge_with(&Fetched::new(), as_of_us, tags)
     }
 
+    /// The verdict of an L1 copy's tags alone, from cached marks; `None`
+    /// if one is not known. (A namespace clear drops L1 copies instead:
+    /// here, and with a backplane everywhere; so an L1 hit of an untagged
+    /// copy reads no mark and no clock.)
+    pub(crate) fn judge_tags_cached(&self, as_of_us: u64, tags: &Tags) -> Option<Verdict> {
+        let mut verdict = Verdict::Valid;
+        for tag in tags.0.iter() {
+            verdict = worse(verdict, self.known.get(&**tag)?.judge(as_of_us));
+        }
+        Some(verdict)
+    }
+
+    /// Whether `key` is this namespace's own mark.
+    pub(crate) fn is_namespace_key(&self, key: &str) -> bool {
+        key == self.namespace_key
+    }
+
     /// The verdict from marks just `fetched`, else cached ones; `None` if
     /// one is not known.
     pub(crate) fn judge_with(

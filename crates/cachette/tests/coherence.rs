@@ -294,6 +294,10 @@ async fn run_command(node: &Arc<Node>, words: &[&str]) {
             cache.invalidate_tag(tag).await.unwrap();
             say("ok");
         }
+        ["clear"] => {
+            drop(cache.clear().await.unwrap());
+            say("ok");
+        }
         other => say(format!("error unknown command {other:?}")),
     }
 }
@@ -607,6 +611,24 @@ fn a_tag_invalidated_in_one_process_is_respected_by_another_processs_l1() {
                 "round {round} (read-your-writes: {ryw}): B served an entry whose tag A invalidated"
             );
         }
+        // A namespace clear on A drops B's L1 copies too.
+        a.ask(&format!("set z{ryw} v"), "ok");
+        if !ryw {
+            a.ask("sync", "ok");
+            b.ask("sync", "ok");
+        }
+        b.ask(&format!("get z{ryw}"), "v");
+        assert_eq!(b.ask(&format!("get z{ryw}"), "v"), "v 1", "an L1 hit");
+        a.ask("clear", "ok");
+        if !ryw {
+            a.ask("sync", "ok");
+            b.ask("sync", "ok");
+        }
+        assert_eq!(
+            b.ask(&format!("get z{ryw}"), "v"),
+            "- 0",
+            "read-your-writes: {ryw}: B served a copy from before A cleared the namespace"
+        );
     }
 }
 
