@@ -10,6 +10,7 @@ use crate::codec::Codec;
 use crate::flight::Flights;
 use crate::key::{DEFAULT_MAX_KEY_BYTES, KeySpace};
 use crate::l1::{L1, L1Config};
+use crate::limit::LoadLimit;
 use crate::marks::Marks;
 use crate::policy::{FailSafe, LoadPolicy};
 use crate::stats::Recorder;
@@ -45,6 +46,7 @@ pub struct CacheBuilder<V, C> {
     max_value_bytes: usize,
     max_key_bytes: usize,
     store: Option<Arc<dyn Store>>,
+    load_limit: Option<LoadLimit>,
     l1_max_bytes: Option<u64>,
     l1_ttl: Duration,
     l1_max_entry_bytes: usize,
@@ -76,6 +78,7 @@ impl<V: Value, C: Codec + Default> CacheBuilder<V, C> {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             store: None,
+            load_limit: None,
             l1_max_bytes: None,
             l1_ttl: DEFAULT_L1_TTL,
             l1_max_entry_bytes: DEFAULT_L1_MAX_ENTRY_BYTES,
@@ -301,6 +304,15 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
         self.shared_store(Arc::new(store))
     }
 
+    /// The cap on concurrent loader runs this cache shares with every cache
+    /// given a clone of `limit` (see [`LoadLimit`]). By default, one
+    /// process-wide limit of [`DEFAULT_LOAD_LIMIT`](crate::DEFAULT_LOAD_LIMIT)
+    /// loads shared by all caches.
+    pub fn load_limit(mut self, limit: LoadLimit) -> Self {
+        self.load_limit = Some(limit);
+        self
+    }
+
     /// The store, already shared (for a store chosen at run time).
     pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
@@ -319,6 +331,7 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             max_value_bytes: self.max_value_bytes,
             max_key_bytes: self.max_key_bytes,
             store: self.store,
+            load_limit: self.load_limit,
             l1_max_bytes: self.l1_max_bytes,
             l1_ttl: self.l1_ttl,
             l1_max_entry_bytes: self.l1_max_entry_bytes,
@@ -519,6 +532,7 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
                 coherence,
                 marks,
                 mark_ttl,
+                load_limit: self.load_limit.unwrap_or_else(LoadLimit::process_wide),
                 _value: PhantomData,
             }
         });

@@ -25,6 +25,7 @@ use crate::envelope::{self, InvalidEntry, Meta, Tags, flags};
 use crate::flight::Flights;
 use crate::key::KeySpace;
 use crate::l1::{L1, L1Usage};
+use crate::limit::LoadLimit;
 use crate::marks::{Fetched, Marks, Verdict};
 use crate::policy::{Age, LoadPolicy, Stamp};
 use crate::signal;
@@ -82,6 +83,8 @@ pub(crate) struct Inner<V, C> {
     pub(crate) marks: Marks,
     /// How long marks are kept, and so the longest any entry is kept.
     pub(crate) mark_ttl: Ttl,
+    /// The cap on concurrent loads this cache shares.
+    pub(crate) load_limit: LoadLimit,
     pub(crate) _value: PhantomData<fn() -> V>,
 }
 
@@ -304,7 +307,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
 
     /// A snapshot of this namespace's counters.
     pub fn stats(&self) -> Stats {
-        self.inner.stats.snapshot()
+        self.inner.stats.snapshot(self.inner.store.circuit())
     }
 
     /// The cached value of `key`. A cached "not found" reads as `None`.

@@ -16,6 +16,7 @@
 //!   kept as the fallback when a load fails or is slow (fail-safe). Early
 //!   refresh reloads hot keys before they go stale.
 
+use bytes::Bytes;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -315,18 +316,27 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 return Err(failure);
             }
         };
-        let token = match standing {
-            Standing::Leased(token) => token,
-            Standing::Unfenced => return Ok(value),
-        };
         let loaded = Loaded {
             value: value.clone(),
             tags,
             took,
             as_of_us,
         };
-        self.store_loaded(skey, &token, ticket, ttl, optional, loaded)
-            .await;
+        match standing {
+            Standing::Leased(token) => {
+                self.store_loaded(skey, &token, ticket, ttl, optional, loaded)
+                    .await;
+            }
+            // Not fenced, so not written to the store; L1 keeps it (a local
+            // write since the ticket was taken keeps it out), so that while
+            // the store is down each key costs the source one load per L1
+            // TTL, not one per read.
+            Standing::Unfenced => {
+                if let Some(Ok((bytes, _))) = self.encode_loaded(ttl, optional, &loaded) {
+                    self.copy_encoded_to_l1(skey, ticket, loaded.value, &bytes);
+                }
+            }
+        }
         Ok(value)
     }
 
@@ -342,42 +352,20 @@ impl<V: Value, C: Codec> Cache<V, C> {
         optional: bool,
         loaded: Loaded<V>,
     ) {
-        let Loaded {
-            value,
-            tags,
-            took,
-            as_of_us,
-        } = loaded;
-        let fill_ttl = match (&value, self.inner.negative_ttl) {
-            (Some(_), _) => Some(ttl.jittered(self.inner.ttl_jitter)),
-            (None, Some(negative)) if optional => Some(negative),
-            (None, _) => None,
-        };
-        let Some(fill_ttl) = fill_ttl else {
+        let Some(encoded) = self.encode_loaded(ttl, optional, &loaded) else {
             self.end_lease(skey, token).await;
             return;
         };
-        let load_us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX).max(1);
-        let encoded = envelope::check_tags(&tags)
-            .map_err(|reason| Error::InvalidTag { reason })
-            .and_then(|tags| {
-                let origin = Origin {
-                    load_us,
-                    as_of_us: Some(as_of_us),
-                    tags: &tags,
-                };
-                self.encode(value.as_deref(), fill_ttl, origin)
-            });
         match encoded {
             Ok((bytes, kept_for)) => {
-                let size = bytes.len();
-                let (stamp, tags) = envelope::decode(&bytes)
-                    .map(|e| (Stamp::from(e.meta), e.tags()))
-                    .unwrap_or_default();
-                let filled = self.inner.store.fill(skey, token, bytes, kept_for).await;
+                let filled = self
+                    .inner
+                    .store
+                    .fill(skey, token, bytes.clone(), kept_for)
+                    .await;
                 match self.observe(filled) {
                     Ok(true) => {
-                        self.copy_to_l1(skey, ticket, value, stamp, size, tags);
+                        self.copy_encoded_to_l1(skey, ticket, loaded.value, &bytes);
                         // Wakes waiters elsewhere, and drops copies other
                         // instances may hold from before the entry left the
                         // store; never waited for.
@@ -386,6 +374,11 @@ impl<V: Value, C: Codec> Cache<V, C> {
                     Ok(false) => {
                         self.inner.stats.fill_refused();
                         tracing::debug!(namespace = %self.inner.namespace, "a write ended the lease during the load; not cached");
+                    }
+                    // The store went away during the load: as for an
+                    // unfenced load, L1 keeps the value.
+                    Err(e) if e.is_store_unavailable() => {
+                        self.copy_encoded_to_l1(skey, ticket, loaded.value, &bytes);
                     }
                     // Counted and logged; the value is served anyway.
                     Err(_) => {}
@@ -397,6 +390,51 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 tracing::warn!(namespace = %self.inner.namespace, error = %err, "loaded value not cached");
             }
         }
+    }
+
+    /// A loaded value encoded as its entry, with how long the store keeps
+    /// it; `None` when there is nothing to cache (not found, without
+    /// negative caching).
+    fn encode_loaded(
+        &self,
+        ttl: Ttl,
+        optional: bool,
+        loaded: &Loaded<V>,
+    ) -> Option<Result<(Bytes, Ttl), Error>> {
+        let fill_ttl = match (&loaded.value, self.inner.negative_ttl) {
+            (Some(_), _) => ttl.jittered(self.inner.ttl_jitter),
+            (None, Some(negative)) if optional => negative,
+            (None, _) => return None,
+        };
+        let load_us = u32::try_from(loaded.took.as_micros())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Some(
+            envelope::check_tags(&loaded.tags)
+                .map_err(|reason| Error::InvalidTag { reason })
+                .and_then(|tags| {
+                    let origin = Origin {
+                        load_us,
+                        as_of_us: Some(loaded.as_of_us),
+                        tags: &tags,
+                    };
+                    self.encode(loaded.value.as_deref(), fill_ttl, origin)
+                }),
+        )
+    }
+
+    /// Copies a loaded value to L1 with the stamp and tags of its entry.
+    fn copy_encoded_to_l1(
+        &self,
+        skey: &str,
+        ticket: Option<Ticket>,
+        value: Option<Arc<V>>,
+        bytes: &Bytes,
+    ) {
+        let (stamp, tags) = envelope::decode(bytes)
+            .map(|e| (Stamp::from(e.meta), e.tags()))
+            .unwrap_or_default();
+        self.copy_to_l1(skey, ticket, value, stamp, bytes.len(), tags);
     }
 
     /// A refresh first looks at what the store holds now: if the entry was
@@ -562,6 +600,20 @@ impl<V: Value, C: Codec> Cache<V, C> {
         hard_deadline: Option<Instant>,
         load: impl Future<Output = Result<T, BoxError>>,
     ) -> Result<T, Failure> {
+        // The permit is taken inside the guarded future: leases are kept
+        // alive and the hard deadline counts while a load waits for one.
+        let limit = &self.inner.load_limit;
+        let stats = &self.inner.stats;
+        let load = async move {
+            let _permit = match limit.try_acquire() {
+                Some(permit) => Some(permit),
+                None => {
+                    stats.load_permit_wait();
+                    limit.acquire().await
+                }
+            };
+            load.await
+        };
         let load = AssertUnwindSafe(load).catch_unwind();
         tokio::pin!(load);
         let policy = &self.inner.policy;

@@ -20,7 +20,11 @@
 //! | `cachette_loads_total` | `namespace` |
 //! | `cachette_load_errors_total` | `namespace` |
 //! | `cachette_invalid_entries_total` | `namespace` |
-//! | `cachette_store_errors_total` | `namespace` |
+//! | `cachette_store_errors_total` | `namespace` (failed or timed out; calls an open circuit skipped are not counted) |
+//! | `cachette_store_skipped_total` | `namespace` (store calls an open circuit skipped) |
+//! | `cachette_load_permit_waits_total` | `namespace` (loads that waited for the concurrent-load cap) |
+//! | `cachette_circuit_state` (gauge) | `store` (0 closed, 1 open, 2 half-open) |
+//! | `cachette_circuit_transitions_total` | `store`, `to` |
 //! | `cachette_load_duration_seconds` (histogram) | `namespace` |
 //!
 //! Metric handles are registered when the cache is built, so install the
@@ -55,6 +59,12 @@ pub struct Stats {
     pub invalid_entries: u64,
     /// Store calls that failed or timed out.
     pub store_errors: u64,
+    /// Store calls not sent because the circuit breaker was open.
+    pub store_skipped: u64,
+    /// Loads that waited for a permit of the concurrent-load cap.
+    pub load_permit_waits: u64,
+    /// The circuit breaker around the store, as of the snapshot.
+    pub circuit: crate::store::Circuit,
     /// Changes announced to other instances' L1 tiers (writes, deletes,
     /// fills, clears), with a backplane.
     pub invalidations_sent: u64,
@@ -162,6 +172,8 @@ pub(crate) struct Recorder {
     load_errors: Event,
     invalid_entries: Event,
     store_errors: Event,
+    store_skipped: Event,
+    load_permit_waits: Event,
     invalidations_sent: Event,
     invalidations_received: Event,
     stale_hits: Event,
@@ -189,6 +201,8 @@ impl Recorder {
             load_errors: Event::new("cachette_load_errors_total", namespace, None),
             invalid_entries: Event::new("cachette_invalid_entries_total", namespace, None),
             store_errors: Event::new("cachette_store_errors_total", namespace, None),
+            store_skipped: Event::new("cachette_store_skipped_total", namespace, None),
+            load_permit_waits: Event::new("cachette_load_permit_waits_total", namespace, None),
             invalidations_sent: Event::invalidations(namespace, "sent"),
             invalidations_received: Event::invalidations(namespace, "received"),
             stale_hits: Event::labelled(
@@ -276,6 +290,12 @@ impl Recorder {
     }
 
     pub(crate) fn store_error(&self, err: &StoreError) {
+        if matches!(err, StoreError::CircuitOpen { .. }) {
+            // The breaker logs its own transitions.
+            self.store_skipped.add(1);
+            self.store_healthy.store(false, Relaxed);
+            return;
+        }
         self.store_errors.add(1);
         if self.store_healthy.swap(false, Relaxed) {
             tracing::warn!(namespace = %self.namespace, error = %err, "cache store failing; reads fall back to loaders");
@@ -287,7 +307,11 @@ impl Recorder {
         }
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    pub(crate) fn load_permit_wait(&self) {
+        self.load_permit_waits.add(1);
+    }
+
+    pub(crate) fn snapshot(&self, circuit: crate::store::Circuit) -> Stats {
         Stats {
             namespace: self.namespace.clone(),
             hits: self.hits.get() + self.l1_hits.get(),
@@ -297,6 +321,9 @@ impl Recorder {
             load_errors: self.load_errors.get(),
             invalid_entries: self.invalid_entries.get(),
             store_errors: self.store_errors.get(),
+            store_skipped: self.store_skipped.get(),
+            load_permit_waits: self.load_permit_waits.get(),
+            circuit,
             invalidations_sent: self.invalidations_sent.get(),
             invalidations_received: self.invalidations_received.get(),
             stale_hits: self.stale_hits.get(),

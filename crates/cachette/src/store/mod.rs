@@ -27,10 +27,13 @@ use bytes::Bytes;
 
 use crate::{BoxError, Ttl};
 
+mod breaker;
 mod embedded;
 pub mod lease;
 mod redis;
 
+pub(crate) use self::breaker::{Breaker, Deferred, Probe};
+pub use self::breaker::{BreakerConfig, CircuitState};
 pub use self::embedded::EmbeddedStore;
 pub use self::lease::{Claim, Lease, LeaseToken};
 pub(crate) use self::redis::classify;
@@ -46,6 +49,28 @@ pub struct StoreEntry {
     pub value: Bytes,
     /// Its time to live.
     pub ttl: Ttl,
+}
+
+/// The circuit breaker's view of a store, for stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Circuit {
+    /// Closed, open or half-open.
+    pub state: CircuitState,
+    /// How often the circuit opened.
+    pub opened: u64,
+    /// Calls refused at once because it was open.
+    pub refused: u64,
+}
+
+impl Default for Circuit {
+    fn default() -> Circuit {
+        Circuit {
+            state: CircuitState::Closed,
+            opened: 0,
+            refused: 0,
+        }
+    }
 }
 
 /// Which store answered.
@@ -88,6 +113,13 @@ pub enum StoreError {
         /// The deadline that passed.
         after: Duration,
     },
+    /// The circuit breaker around the store is open: the call was not sent
+    /// (see [`BreakerConfig`]).
+    #[error("{store} store skipped: circuit open after repeated failures")]
+    CircuitOpen {
+        /// Which store.
+        store: StoreKind,
+    },
     /// The store answered with an error (a bad command, a read-only replica,
     /// an authentication failure).
     #[error("{store} store refused the command")]
@@ -101,11 +133,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when the store could not be reached or timed out.
+    /// True when the store could not be reached, timed out, or was skipped
+    /// by an open circuit.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable { .. } | StoreError::Timeout { .. }
+            StoreError::Unavailable { .. }
+                | StoreError::Timeout { .. }
+                | StoreError::CircuitOpen { .. }
         )
     }
 }
@@ -118,6 +153,13 @@ impl StoreError {
 pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Which store this is, for errors and stats.
     fn kind(&self) -> StoreKind;
+
+    /// The state of the circuit breaker around the store, with how often it
+    /// opened and how many calls it refused. A store without one is always
+    /// closed.
+    fn circuit(&self) -> Circuit {
+        Circuit::default()
+    }
 
     /// The entry under `key`, if present and not expired.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;

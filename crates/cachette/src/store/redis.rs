@@ -38,7 +38,10 @@ use redis::{
 };
 
 use super::lease::{Claim, LEASE_SUFFIX, Lease, LeaseToken, lease_key};
-use super::{MAX_SCAN_ROUNDS, Mark, Store, StoreEntry, StoreError, StoreKind};
+use super::{
+    Breaker, BreakerConfig, Circuit, Deferred, MAX_SCAN_ROUNDS, Mark, Probe, Store, StoreEntry,
+    StoreError, StoreKind,
+};
 use crate::glob;
 use crate::{BuildError, Ttl};
 
@@ -60,6 +63,7 @@ pub struct RedisConfig {
     connect_timeout: Duration,
     command_timeout: Duration,
     retries: u32,
+    breaker: BreakerConfig,
 }
 
 impl RedisConfig {
@@ -122,7 +126,16 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
             retries: 2,
+            breaker: BreakerConfig::default(),
         }
+    }
+
+    /// The circuit breaker around this store: by default it opens after 5
+    /// consecutive failed or timed-out commands and probes every 250 ms.
+    #[must_use]
+    pub fn circuit_breaker(mut self, breaker: BreakerConfig) -> RedisConfig {
+        self.breaker = breaker;
+        self
     }
 
     /// The deadline of each connection attempt. By default, 1 s.
@@ -209,16 +222,19 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("retries", &self.retries)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
 
-/// A [`Store`] on Redis. Cheap to clone: clones share one connection.
+/// A [`Store`] on Redis. Cheap to clone: clones share one connection and
+/// one circuit breaker.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
     config: Arc<RedisConfig>,
     scripts: Arc<Scripts>,
+    breaker: Arc<Breaker>,
 }
 
 /// The lease scripts. KEYS[1] is the entry, KEYS[2] its lease.
@@ -337,10 +353,26 @@ impl RedisStore {
     /// (a wrong password, say).
     pub async fn connect(config: RedisConfig) -> Result<RedisStore, StoreError> {
         let conn = config.connection_manager().await?;
+        let config = Arc::new(config);
+        let scripts = Arc::new(Scripts::new());
+        let probe: Probe = {
+            let (conn, config, scripts) = (conn.clone(), Arc::clone(&config), Arc::clone(&scripts));
+            Arc::new(move |deferred: Arc<Deferred>| {
+                let (conn, config, scripts) =
+                    (conn.clone(), Arc::clone(&config), Arc::clone(&scripts));
+                Box::pin(async move { probe(conn, &config, &scripts, &deferred).await })
+            })
+        };
+        let breaker = Arc::new(Breaker::new(
+            config.breaker.clone(),
+            StoreKind::Redis,
+            probe,
+        ));
         Ok(RedisStore {
             conn,
-            config: Arc::new(config),
-            scripts: Arc::new(Scripts::new()),
+            config,
+            scripts,
+            breaker,
         })
     }
 
@@ -350,37 +382,108 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    /// Runs an idempotent command, retrying after a dropped connection.
-    async fn run<T, F, Fut>(&self, mut attempt: F) -> Result<T, StoreError>
+    /// Runs an idempotent command through the circuit breaker, retrying
+    /// after a dropped connection.
+    async fn run<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let timeout = self.config.command_timeout;
-        let mut backoff = Duration::from_millis(10);
-        let mut tries_left = self.config.retries;
-        loop {
-            let result = tokio::time::timeout(timeout, attempt(self.conn.clone())).await;
-            let err = match result {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(err)) => err,
-                Err(_) => {
-                    return Err(StoreError::Timeout {
-                        store: StoreKind::Redis,
-                        after: timeout,
-                    });
-                }
-            };
-            let retryable = err.is_connection_dropped() || err.is_connection_refusal();
-            if !retryable || tries_left == 0 {
-                return Err(classify(err, timeout));
-            }
-            tries_left -= 1;
-            tracing::debug!(error = %err, "redis connection dropped; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff *= 4;
+        self.breaker.admit()?;
+        let result = run_with_retries(&self.conn, &self.config, attempt).await;
+        self.breaker.record(&result);
+        result
+    }
+
+    /// After a write the store did not take: the entry it would have
+    /// replaced is deleted when the circuit closes.
+    fn skipped<T>(&self, key: &str, result: &Result<T, StoreError>) {
+        if result.as_ref().is_err_and(StoreError::is_unavailable) {
+            self.breaker.defer_delete(key);
         }
     }
+}
+
+/// Runs an idempotent command on `conn`, each attempt bounded by the
+/// command timeout, retrying after a dropped connection.
+async fn run_with_retries<T, F, Fut>(
+    conn: &ConnectionManager,
+    config: &RedisConfig,
+    mut attempt: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut(ConnectionManager) -> Fut,
+    Fut: Future<Output = Result<T, RedisError>>,
+{
+    let timeout = config.command_timeout;
+    let mut backoff = Duration::from_millis(10);
+    let mut tries_left = config.retries;
+    loop {
+        let result = tokio::time::timeout(timeout, attempt(conn.clone())).await;
+        let err = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(err)) => err,
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    store: StoreKind::Redis,
+                    after: timeout,
+                });
+            }
+        };
+        let retryable = err.is_connection_dropped() || err.is_connection_refusal();
+        if !retryable || tries_left == 0 {
+            return Err(classify(err, timeout));
+        }
+        tries_left -= 1;
+        tracing::debug!(error = %err, "redis connection dropped; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff *= 4;
+    }
+}
+
+/// The breaker's probe: a PING, then the writes skipped during the outage
+/// undone (entries deleted with their leases, marks raised). True when all
+/// of it landed.
+async fn probe(
+    conn: ConnectionManager,
+    config: &RedisConfig,
+    scripts: &Scripts,
+    deferred: &Deferred,
+) -> bool {
+    let ping = run_with_retries(&conn, config, |mut conn| async move {
+        redis::cmd("PING").query_async::<()>(&mut conn).await
+    })
+    .await;
+    if ping.is_err() {
+        return false;
+    }
+    for key in &deferred.keys {
+        let lease = lease_key(key);
+        let deleted = run_with_retries(&conn, config, |mut conn| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("UNLINK").arg(&lease).ignore();
+            pipe.cmd("UNLINK").arg(key).ignore();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        })
+        .await;
+        if deleted.is_err() {
+            return false;
+        }
+    }
+    for (key, (mark, ttl)) in &deferred.marks {
+        let raised = run_with_retries(&conn, config, |mut conn| {
+            let mut call = scripts.raise_mark.key(key);
+            call.arg(mark.removed_us)
+                .arg(mark.expired_us)
+                .arg(ttl.as_millis());
+            async move { call.invoke_async::<String>(&mut conn).await }
+        })
+        .await;
+        if raised.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 fn classify_with(config: &RedisConfig) -> impl Fn(RedisError) -> StoreError + '_ {
@@ -412,6 +515,15 @@ impl Store for RedisStore {
         StoreKind::Redis
     }
 
+    fn circuit(&self) -> Circuit {
+        let (opened, refused) = self.breaker.counts();
+        Circuit {
+            state: self.breaker.state(),
+            opened,
+            refused,
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let value: Option<Vec<u8>> = self
             .run(|mut conn| async move { redis::cmd("GET").arg(key).query_async(&mut conn).await })
@@ -441,8 +553,11 @@ impl Store for RedisStore {
             .arg(ttl.as_millis())
             .ignore();
         let pipe = &pipe;
-        self.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
-            .await
+        let written = self
+            .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await;
+        self.skipped(key, &written);
+        written
     }
 
     async fn set_many(&self, entries: &[StoreEntry]) -> Result<(), StoreError> {
@@ -460,8 +575,13 @@ impl Store for RedisStore {
                 .ignore();
         }
         let pipe = &pipe;
-        self.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
-            .await
+        let written = self
+            .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await;
+        for entry in entries {
+            self.skipped(&entry.key, &written);
+        }
+        written
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
@@ -470,10 +590,11 @@ impl Store for RedisStore {
         pipe.cmd("UNLINK").arg(lease_key(key)).ignore();
         pipe.cmd("UNLINK").arg(key);
         let pipe = &pipe;
-        let (removed,): (i64,) = self
-            .run(|mut conn| async move { pipe.query_async(&mut conn).await })
-            .await?;
-        Ok(removed > 0)
+        let removed = self
+            .run(|mut conn| async move { pipe.query_async::<(i64,)>(&mut conn).await })
+            .await;
+        self.skipped(key, &removed);
+        Ok(removed?.0 > 0)
     }
 
     async fn claim(
@@ -560,15 +681,19 @@ impl Store for RedisStore {
     }
 
     async fn raise_mark(&self, key: &str, mark: Mark, ttl: Ttl) -> Result<Mark, StoreError> {
-        let stored: String = self
+        let stored = self
             .run(|mut conn| {
                 let mut call = self.scripts.raise_mark.key(key);
                 call.arg(mark.removed_us)
                     .arg(mark.expired_us)
                     .arg(ttl.as_millis());
-                async move { call.invoke_async(&mut conn).await }
+                async move { call.invoke_async::<String>(&mut conn).await }
             })
-            .await?;
+            .await;
+        if stored.as_ref().is_err_and(StoreError::is_unavailable) {
+            self.breaker.defer_mark(key, mark, ttl);
+        }
+        let stored = stored?;
         // The script writes what it returns; anything else is a bug there.
         Mark::parse(stored.as_bytes()).ok_or_else(|| StoreError::Refused {
             store: StoreKind::Redis,
