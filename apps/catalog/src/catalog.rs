@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cachette::store::{Store, StoreKind};
-use cachette::{Backplane, Cache, CacheBuilder, Json, Stats, Tagged, WarmOptions, WarmReport};
+use cachette::{
+    Backplane, Cache, CacheBuilder, Json, LoadLimit, Stats, Tagged, WarmOptions, WarmReport,
+};
 
 use crate::db::{Database, DbError};
 use crate::product::{Product, ProductPatch, now_micros};
@@ -73,6 +75,9 @@ pub struct Caching {
     pub backplane: Option<Backplane>,
     /// Freshness, stale serving and timeouts of product and listing reads.
     pub read_policy: ReadPolicy,
+    /// Loads both namespaces may run at once: the database pool's size, so
+    /// a Redis outage queues requests here instead of at the database.
+    pub load_limit: LoadLimit,
 }
 
 impl Caching {
@@ -84,7 +89,10 @@ impl Caching {
         builder: CacheBuilder<V, Json>,
         l1_bytes: u64,
     ) -> CacheBuilder<V, Json> {
-        let mut builder = builder.prefix("catalog").shared_store(self.store.clone());
+        let mut builder = builder
+            .prefix("catalog")
+            .shared_store(self.store.clone())
+            .load_limit(self.load_limit.clone());
         if self.l1_bytes > 0 && l1_bytes > 0 {
             builder = builder.l1(l1_bytes);
         }

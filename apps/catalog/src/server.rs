@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
 use cachette::store::{EmbeddedStore, RedisConfig, RedisStore, Store};
-use cachette::{Backplane, BackplaneConfig, WarmOptions, WarmReport};
+use cachette::{Backplane, BackplaneConfig, LoadLimit, WarmOptions, WarmReport};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -173,6 +173,7 @@ pub async fn start(
                 l1_bytes: config.l1_bytes,
                 backplane,
                 read_policy: config.read_policy,
+                load_limit: LoadLimit::new(config.db_connections as usize),
             }),
             "redis",
         )
@@ -183,6 +184,7 @@ pub async fn start(
                 l1_bytes: config.l1_bytes,
                 backplane: None,
                 read_policy: config.read_policy,
+                load_limit: LoadLimit::new(config.db_connections as usize),
             }),
             "embedded",
         )

@@ -47,6 +47,11 @@ pub(super) async fn stats(State(app): State<AppState>) -> Json<Value> {
                 "hit_rate": s.hit_rate(),
                 "invalidations_sent": s.invalidations_sent,
                 "invalidations_received": s.invalidations_received,
+                // Store calls an open circuit breaker skipped, and loads
+                // that waited for the concurrent-load cap.
+                "store_skipped": s.store_skipped,
+                "load_permit_waits": s.load_permit_waits,
+                "circuit": s.circuit.state.to_string(),
             }),
         );
     }
