@@ -44,6 +44,7 @@ pub struct CacheBuilder<V, C> {
     ttl_jitter: f64,
     negative_ttl: Option<Duration>,
     max_value_bytes: usize,
+    compress_above: Option<usize>,
     max_key_bytes: usize,
     store: Option<Arc<dyn Store>>,
     load_limit: Option<LoadLimit>,
@@ -76,6 +77,7 @@ impl<V: Value, C: Codec + Default> CacheBuilder<V, C> {
             ttl_jitter: 0.0,
             negative_ttl: None,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            compress_above: Some(crate::compress::DEFAULT_COMPRESS_ABOVE),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             store: None,
             load_limit: None,
@@ -141,11 +143,38 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
         self
     }
 
-    /// The largest encoded entry (envelope included) a write accepts; larger
-    /// ones are refused with [`Error::ValueTooLarge`](crate::Error::ValueTooLarge)
-    /// and nothing is written. By default, 1 MiB.
+    /// The largest encoded entry (envelope included, before compression)
+    /// a write accepts; larger ones are refused with
+    /// [`Error::ValueTooLarge`](crate::Error::ValueTooLarge) and nothing is
+    /// written. Reads refuse a compressed entry that claims to expand past
+    /// it. By default, 1 MiB.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Payloads (serialized values, envelope not included) longer than
+    /// `bytes` are stored LZ4-compressed, when that saves at least an
+    /// eighth; `None` turns compression off for writes. Reads decompress
+    /// any entry flagged compressed, whatever this says, so instances with
+    /// different settings share a store. Size limits
+    /// ([`CacheBuilder::max_value_bytes`], L1's) count the uncompressed
+    /// entry. By default, [`DEFAULT_COMPRESS_ABOVE`](crate::DEFAULT_COMPRESS_ABOVE)
+    /// (1 KiB, from `benches/benches/compression.rs`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cachette::BuildError> {
+    /// use cachette::Cache;
+    ///
+    /// let pages: Cache<Vec<String>> = Cache::builder("page")
+    ///     .compress_above(Some(4 * 1024))
+    ///     .build()?;
+    /// let tiny: Cache<u64> = Cache::builder("count").compress_above(None).build()?;
+    /// # let _ = (pages, tiny);
+    /// # Ok(()) }
+    /// ```
+    pub fn compress_above(mut self, bytes: Option<usize>) -> Self {
+        self.compress_above = bytes;
         self
     }
 
@@ -329,6 +358,7 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
             ttl_jitter: self.ttl_jitter,
             negative_ttl: self.negative_ttl,
             max_value_bytes: self.max_value_bytes,
+            compress_above: self.compress_above,
             max_key_bytes: self.max_key_bytes,
             store: self.store,
             load_limit: self.load_limit,
@@ -526,6 +556,9 @@ impl<V: Value, C: Codec> CacheBuilder<V, C> {
                 ttl_jitter: self.ttl_jitter,
                 negative_ttl,
                 max_value_bytes: self.max_value_bytes,
+                compression: crate::compress::Compression {
+                    above: self.compress_above,
+                },
                 flights: Flights::default(),
                 policy,
                 l1,

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::backplane::{Backplane, Change, Listener};
 use crate::builder::CacheBuilder;
 use crate::codec::{Codec, Json};
+use crate::compress::{self, Compression, Outcome};
 use crate::envelope::{self, InvalidEntry, Meta, Tags, flags};
 use crate::flight::Flights;
 use crate::key::KeySpace;
@@ -71,6 +72,8 @@ pub(crate) struct Inner<V, C> {
     pub(crate) ttl_jitter: f64,
     pub(crate) negative_ttl: Option<Ttl>,
     pub(crate) max_value_bytes: usize,
+    /// Which payloads writes compress (reads decompress whatever it says).
+    pub(crate) compression: Compression,
     pub(crate) stats: Recorder,
     pub(crate) flights: Flights<Arc<V>>,
     /// Freshness windows, early refresh, leases and timeouts.
@@ -155,6 +158,7 @@ impl<V, C: fmt::Debug> fmt::Debug for Cache<V, C> {
             .field("ttl_jitter", &i.ttl_jitter)
             .field("negative_ttl", &i.negative_ttl)
             .field("max_value_bytes", &i.max_value_bytes)
+            .field("compress_above", &i.compression.above)
             .field("l1", &i.l1.is_some())
             .field("coherence", &i.coherence)
             .field("policy", &i.policy)
@@ -923,9 +927,10 @@ impl<V: Value, C: Codec> Cache<V, C> {
         let found = if entry.meta.is_negative() {
             Found::Absent
         } else {
+            let payload = compress::payload(&entry, self.inner.max_value_bytes)?;
             self.inner
                 .codec
-                .decode(entry.payload)
+                .decode(&payload)
                 .map(|v| Found::Value(Arc::new(v)))
                 .map_err(|_| InvalidEntry::Undecodable)?
         };
@@ -933,7 +938,7 @@ impl<V: Value, C: Codec> Cache<V, C> {
             found,
             stamp: Stamp::from(entry.meta),
             tags: entry.tags(),
-            size: bytes.len(),
+            size: compress::raw_entry_len(&entry, bytes.len()),
         })
     }
 
@@ -984,10 +989,12 @@ impl<V: Value, C: Codec> Cache<V, C> {
         ttl: Ttl,
         kept_for: Ttl,
     ) -> Result<(), Error> {
-        let size = bytes.len();
-        let (stamp, tags) = envelope::decode(&bytes)
-            .map(|e| (Stamp::from(e.meta), e.tags()))
-            .unwrap_or_default();
+        let (stamp, tags, size) = envelope::decode(&bytes)
+            .map(|e| {
+                let size = compress::raw_entry_len(&e, bytes.len());
+                (Stamp::from(e.meta), e.tags(), size)
+            })
+            .unwrap_or((Stamp::default(), None, bytes.len()));
         let ticket = self.inner.l1.as_ref().map(|l1| l1.ticket(skey));
         let written = self.write(skey, bytes, kept_for).await;
         if let (Some(l1), Some(ticket)) = (&self.inner.l1, ticket) {
@@ -1057,7 +1064,9 @@ impl<V: Value, C: Codec> Cache<V, C> {
     /// Encodes an entry fresh for `ttl`, produced by a load of `load_us`
     /// (0: not loaded). Returns the bytes and how long the store must keep
     /// them: the TTL plus the stale windows (values only; a cached "not
-    /// found" is never served stale).
+    /// found" is never served stale). The size limit applies to the entry
+    /// uncompressed; a payload over the compression threshold is then
+    /// compressed (see `compress`).
     pub(crate) fn encode(
         &self,
         value: Option<&V>,
@@ -1086,6 +1095,10 @@ impl<V: Value, C: Codec> Cache<V, C> {
                 size: bytes.len(),
                 max: self.inner.max_value_bytes,
             });
+        }
+        let (bytes, outcome) = self.inner.compression.apply(bytes);
+        if let Outcome::Compressed { saved } = outcome {
+            self.inner.stats.compressed(saved);
         }
         // No entry outlives the marks that may void it.
         let kept_for = ttl.saturating_add(kept).min(self.inner.mark_ttl);

@@ -10,7 +10,8 @@
 //!      0     2  magic 0xCA 0xC7
 //!      2     1  format version (1)
 //!      3     1  flags: bit 0 NEGATIVE (a cached "not found", empty payload);
-//!               bit 1 COMPRESSED (reserved); other bits must be 0
+//!               bit 1 COMPRESSED (payload is LZ4, see below); other bits
+//!               must be 0
 //!      4     8  created_at   unix ms, u64 little endian
 //!     12     8  fresh_until  unix ms: served as fresh until then
 //!     20     8  stale_until  unix ms: kept as a stale fallback until then
@@ -20,6 +21,12 @@
 //!   30+E     4  payload length P, u32 LE
 //!   34+E     P  payload: the value as written by the codec (JSON by default)
 //! ```
+//!
+//! With COMPRESSED set, the payload is the uncompressed payload length U
+//! (u32 LE) and then one LZ4 block that decompresses to exactly U bytes.
+//! A reader refuses a U over its `max_value_bytes` before allocating. The
+//! flag is set only on payloads over the writer's threshold that shrank by
+//! an eighth or more; see `compress.rs`.
 //!
 //! Extensions are the room later capabilities need. Defined so far:
 //!
@@ -61,11 +68,10 @@ pub const HEADER_BYTES: usize = 45;
 pub(crate) mod flags {
     /// A cached "not found": the payload is empty.
     pub(crate) const NEGATIVE: u8 = 0b0000_0001;
-    /// Reserved for compressed payloads; refused until a codec writes it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The payload is compressed (length-prefixed LZ4 block).
     pub(crate) const COMPRESSED: u8 = 0b0000_0010;
     /// Flags this build understands.
-    pub(crate) const KNOWN: u8 = NEGATIVE;
+    pub(crate) const KNOWN: u8 = NEGATIVE | COMPRESSED;
 }
 
 /// Extension types with the high bit set must be understood to read the entry.
@@ -112,6 +118,19 @@ pub enum InvalidEntry {
     /// The payload did not deserialize into the cache's value type.
     #[error("payload does not decode as the value type")]
     Undecodable,
+    /// A compressed payload that is malformed or does not decompress to
+    /// its declared length.
+    #[error("corrupt compressed payload")]
+    CorruptCompression,
+    /// A compressed payload declaring an uncompressed length over the
+    /// reader's `max_value_bytes`; refused before decompressing.
+    #[error("compressed payload declares {declared} bytes, over the limit of {max}")]
+    TooLargeDecompressed {
+        /// The declared uncompressed length.
+        declared: usize,
+        /// The reader's `max_value_bytes`.
+        max: usize,
+    },
 }
 
 /// The header fields of an entry.
@@ -482,11 +501,8 @@ mod tests {
         future[2] = 2;
         assert_eq!(decode(&future), Err(InvalidEntry::UnsupportedVersion(2)));
         let mut flagged = sample(0, b"1");
-        flagged[3] = flags::COMPRESSED;
-        assert_eq!(
-            decode(&flagged),
-            Err(InvalidEntry::UnknownFlags(flags::COMPRESSED))
-        );
+        flagged[3] = 0b0000_0100;
+        assert_eq!(decode(&flagged), Err(InvalidEntry::UnknownFlags(0b100)));
         let mut trailing = sample(0, b"1");
         trailing.push(0);
         assert_eq!(decode(&trailing), Err(InvalidEntry::Trailing));

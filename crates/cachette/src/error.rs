@@ -54,7 +54,7 @@ pub enum Error {
     ValueTooLarge {
         /// The namespace of the cache.
         namespace: String,
-        /// The size of the encoded entry.
+        /// The size of the encoded entry (before compression).
         size: usize,
         /// The configured maximum.
         max: usize,

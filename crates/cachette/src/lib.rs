@@ -23,7 +23,8 @@
 //! * Every entry is wrapped in a small versioned [`envelope`], so a cached
 //!   `""`, `0`, `false` or `null` is a hit, and another application's value,
 //!   a truncated one or a future format reads as a counted miss, never as
-//!   an error or a panic.
+//!   an error or a panic. Payloads over 1 KiB are stored LZ4-compressed
+//!   when that saves an eighth or more ([`CacheBuilder::compress_above`]).
 //! * [`Cache::stats`] gives hits, misses, loads, load errors and the hit
 //!   rate per namespace; the same events go to the `metrics` facade.
 //!
@@ -85,6 +86,7 @@ mod batch;
 mod builder;
 mod cache;
 mod codec;
+mod compress;
 mod error;
 mod flight;
 mod glob;
@@ -111,6 +113,7 @@ pub use crate::builder::{
 };
 pub use crate::cache::{Cache, NotFound, Tagged, Value};
 pub use crate::codec::{Codec, Json};
+pub use crate::compress::DEFAULT_COMPRESS_ABOVE;
 pub use crate::error::{BoxError, BuildError, Error};
 pub use crate::glob::escape_glob;
 pub use crate::invalidate::{DEFAULT_MARK_POLL, SCAN_BATCH, Sweep};

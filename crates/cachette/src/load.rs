@@ -26,6 +26,7 @@ use futures_util::FutureExt;
 use crate::backplane::Change;
 use crate::cache::{Cache, Decoded, Found, Origin, Read, StaleCopy, Tagged, Value, panic_message};
 use crate::codec::Codec;
+use crate::compress;
 use crate::envelope::{self, IDENTITY_BYTES, Tags};
 use crate::flight::{Failure, Flight, Outcome, Role, Settle};
 use crate::l1::Ticket;
@@ -431,10 +432,14 @@ impl<V: Value, C: Codec> Cache<V, C> {
         value: Option<Arc<V>>,
         bytes: &Bytes,
     ) {
-        let (stamp, tags) = envelope::decode(bytes)
-            .map(|e| (Stamp::from(e.meta), e.tags()))
-            .unwrap_or_default();
-        self.copy_to_l1(skey, ticket, value, stamp, bytes.len(), tags);
+        // L1 holds the decoded value: weigh it at its uncompressed size.
+        let (stamp, tags, size) = envelope::decode(bytes)
+            .map(|e| {
+                let size = compress::raw_entry_len(&e, bytes.len());
+                (Stamp::from(e.meta), e.tags(), size)
+            })
+            .unwrap_or((Stamp::default(), None, bytes.len()));
+        self.copy_to_l1(skey, ticket, value, stamp, size, tags);
     }
 
     /// A refresh first looks at what the store holds now: if the entry was
@@ -694,7 +699,11 @@ impl<V: Value, C: Codec> Cache<V, C> {
         ) else {
             return false;
         };
-        let size = bytes.len();
+        let parsed = envelope::decode(&stale.bytes).ok();
+        let tags = parsed.as_ref().and_then(|e| e.tags());
+        let size = parsed.map_or(bytes.len(), |e| {
+            compress::raw_entry_len(&e, stale.bytes.len())
+        });
         let stored = self
             .inner
             .store
@@ -707,7 +716,6 @@ impl<V: Value, C: Codec> Cache<V, C> {
             fresh_until_ms: until,
             ..stale.stamp
         };
-        let tags = envelope::decode(&stale.bytes).ok().and_then(|e| e.tags());
         self.copy_to_l1(skey, ticket, Some(stale.value), stamp, size, tags);
         let _ = self.announce(Change::Key(skey), false).await;
         signal::wake(skey);

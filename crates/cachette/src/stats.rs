@@ -25,6 +25,8 @@
 //! | `cachette_load_permit_waits_total` | `namespace` (loads that waited for the concurrent-load cap) |
 //! | `cachette_circuit_state` (gauge) | `store` (0 closed, 1 open, 2 half-open) |
 //! | `cachette_circuit_transitions_total` | `store`, `to` |
+//! | `cachette_compressed_writes_total` | `namespace` (entries encoded compressed) |
+//! | `cachette_compression_saved_bytes_total` | `namespace` (bytes compression took off them) |
 //! | `cachette_load_duration_seconds` (histogram) | `namespace` |
 //!
 //! Metric handles are registered when the cache is built, so install the
@@ -90,6 +92,12 @@ pub struct Stats {
     /// Callers that stopped waiting at the soft timeout (and got a stale
     /// value) or the hard timeout (and got an error).
     pub load_timeouts: u64,
+    /// Entries encoded compressed for a write or fill (payload over the
+    /// threshold and shrunk by at least an eighth; see
+    /// [`CacheBuilder::compress_above`](crate::CacheBuilder::compress_above)).
+    pub compressed_writes: u64,
+    /// Bytes compression took off those entries, in total.
+    pub compression_saved_bytes: u64,
 }
 
 impl Stats {
@@ -184,6 +192,8 @@ pub(crate) struct Recorder {
     fills_refused: Event,
     soft_timeouts: Event,
     hard_timeouts: Event,
+    compressed_writes: Event,
+    compression_saved_bytes: Event,
     load_duration: Histogram,
     /// False after a store error until the next success, so an outage is
     /// logged once when it starts and once when it ends, not per call.
@@ -232,6 +242,12 @@ impl Recorder {
                 namespace,
                 "kind",
                 "hard",
+            ),
+            compressed_writes: Event::new("cachette_compressed_writes_total", namespace, None),
+            compression_saved_bytes: Event::new(
+                "cachette_compression_saved_bytes_total",
+                namespace,
+                None,
             ),
             load_duration: metrics::histogram!("cachette_load_duration_seconds", "namespace" => namespace.to_owned()),
             store_healthy: AtomicBool::new(true),
@@ -284,6 +300,11 @@ impl Recorder {
     pub(crate) fn load_error(&self) {
         self.load_errors.add(1);
     }
+    pub(crate) fn compressed(&self, saved: usize) {
+        self.compressed_writes.add(1);
+        self.compression_saved_bytes
+            .add(u64::try_from(saved).unwrap_or(u64::MAX));
+    }
     pub(crate) fn invalid_entry(&self, why: &crate::envelope::InvalidEntry) {
         self.invalid_entries.add(1);
         tracing::debug!(namespace = %self.namespace, reason = %why, "unreadable entry read as a miss");
@@ -333,6 +354,8 @@ impl Recorder {
             lease_waits: self.lease_waits.get(),
             fills_refused: self.fills_refused.get(),
             load_timeouts: self.soft_timeouts.get() + self.hard_timeouts.get(),
+            compressed_writes: self.compressed_writes.get(),
+            compression_saved_bytes: self.compression_saved_bytes.get(),
         }
     }
 }
