@@ -7,6 +7,10 @@
 //! leases: one holder at a time, fills only with the holder's token, every
 //! write or delete ending the lease, release and extend never touching
 //! another holder's lease.
+//!
+//! Every key carries a hash tag (`{…}`), as the cache's keys do, so the
+//! suite also runs on Redis Cluster, where a key and its lease must share
+//! a slot.
 
 use std::time::{Duration, Instant};
 
@@ -45,63 +49,69 @@ async fn wait_until_expired(store: &dyn Store, key: &str) -> Duration {
 
 /// A key never written reads as `None`.
 pub async fn get_of_a_missing_key_is_none(f: &Fixture) {
-    assert_eq!(get(&*f.store, "nope").await, None);
+    assert_eq!(get(&*f.store, "{nope}").await, None);
 }
 
 /// Bytes come back exactly, every byte value included.
 pub async fn set_then_get_returns_the_same_bytes(f: &Fixture) {
     let all: Vec<u8> = (0..=255).collect();
     f.store
-        .set("k", Bytes::from(all.clone()), ttl(LONG))
+        .set("{k}", Bytes::from(all.clone()), ttl(LONG))
         .await
         .expect("set");
-    assert_eq!(get(&*f.store, "k").await.as_deref(), Some(&all[..]));
+    assert_eq!(get(&*f.store, "{k}").await.as_deref(), Some(&all[..]));
 }
 
 /// An empty value is a value, not a missing key.
 pub async fn an_empty_value_is_present(f: &Fixture) {
     f.store
-        .set("empty", Bytes::new(), ttl(LONG))
+        .set("{empty}", Bytes::new(), ttl(LONG))
         .await
         .expect("set");
-    assert_eq!(get(&*f.store, "empty").await, Some(Bytes::new()));
+    assert_eq!(get(&*f.store, "{empty}").await, Some(Bytes::new()));
 }
 
 /// A second set replaces the first.
 pub async fn set_overwrites(f: &Fixture) {
     f.store
-        .set("k", Bytes::from_static(b"one"), ttl(LONG))
+        .set("{k}", Bytes::from_static(b"one"), ttl(LONG))
         .await
         .expect("set");
     f.store
-        .set("k", Bytes::from_static(b"two"), ttl(LONG))
+        .set("{k}", Bytes::from_static(b"two"), ttl(LONG))
         .await
         .expect("set");
-    assert_eq!(get(&*f.store, "k").await, Some(Bytes::from_static(b"two")));
+    assert_eq!(
+        get(&*f.store, "{k}").await,
+        Some(Bytes::from_static(b"two"))
+    );
 }
 
 /// Delete answers whether something was there, and removes it.
 pub async fn delete_reports_whether_the_key_was_there(f: &Fixture) {
     f.store
-        .set("k", Bytes::from_static(b"v"), ttl(LONG))
+        .set("{k}", Bytes::from_static(b"v"), ttl(LONG))
         .await
         .expect("set");
-    assert!(f.store.delete("k").await.expect("delete"));
-    assert_eq!(get(&*f.store, "k").await, None);
-    assert!(!f.store.delete("k").await.expect("delete"));
+    assert!(f.store.delete("{k}").await.expect("delete"));
+    assert_eq!(get(&*f.store, "{k}").await, None);
+    assert!(!f.store.delete("{k}").await.expect("delete"));
 }
 
 /// `get_many` answers in the order asked, with gaps for missing keys.
 pub async fn get_many_keeps_order_and_gaps(f: &Fixture) {
     f.store
-        .set("a", Bytes::from_static(b"1"), ttl(LONG))
+        .set("{a}", Bytes::from_static(b"1"), ttl(LONG))
         .await
         .expect("set");
     f.store
-        .set("c", Bytes::from_static(b"3"), ttl(LONG))
+        .set("{c}", Bytes::from_static(b"3"), ttl(LONG))
         .await
         .expect("set");
-    let keys: Vec<String> = ["c", "b", "a", "c"].iter().map(|k| k.to_string()).collect();
+    let keys: Vec<String> = ["{c}", "{b}", "{a}", "{c}"]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
     let got = f.store.get_many(&keys).await.expect("get_many");
     let got: Vec<Option<&[u8]>> = got.iter().map(|v| v.as_deref()).collect();
     assert_eq!(
@@ -121,7 +131,7 @@ pub async fn get_many_keeps_order_and_gaps(f: &Fixture) {
 pub async fn set_many_writes_every_entry(f: &Fixture) {
     let entries: Vec<StoreEntry> = (0..100)
         .map(|i| StoreEntry {
-            key: format!("k{i}"),
+            key: format!("{{k{i}}}"),
             value: Bytes::from(format!("v{i}")),
             ttl: ttl(if i == 0 { SHORT } else { LONG }),
         })
@@ -133,9 +143,9 @@ pub async fn set_many_writes_every_entry(f: &Fixture) {
     for (i, v) in got.iter().enumerate() {
         assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()));
     }
-    wait_until_expired(&*f.store, "k0").await;
+    wait_until_expired(&*f.store, "{k0}").await;
     assert!(
-        get(&*f.store, "k1").await.is_some(),
+        get(&*f.store, "{k1}").await.is_some(),
         "only k0 had a short TTL"
     );
 }
@@ -144,20 +154,20 @@ pub async fn set_many_writes_every_entry(f: &Fixture) {
 pub async fn entries_expire_after_their_ttl(f: &Fixture) {
     let start = Instant::now();
     f.store
-        .set("k", Bytes::from_static(b"v"), ttl(SHORT))
+        .set("{k}", Bytes::from_static(b"v"), ttl(SHORT))
         .await
         .expect("set");
-    let present = get(&*f.store, "k").await.is_some();
+    let present = get(&*f.store, "{k}").await.is_some();
     if start.elapsed() < Duration::from_millis(SHORT) {
         assert!(present, "entry missing before its TTL");
     }
-    wait_until_expired(&*f.store, "k").await;
+    wait_until_expired(&*f.store, "{k}").await;
     assert!(
         start.elapsed() >= Duration::from_millis(SHORT - 5),
         "expired early"
     );
     assert!(
-        !f.store.delete("k").await.expect("delete"),
+        !f.store.delete("{k}").await.expect("delete"),
         "expired entry deleted"
     );
 }
@@ -165,25 +175,25 @@ pub async fn entries_expire_after_their_ttl(f: &Fixture) {
 /// Overwriting an entry gives it the new TTL, in both directions.
 pub async fn overwrite_replaces_the_ttl(f: &Fixture) {
     f.store
-        .set("longer", Bytes::from_static(b"1"), ttl(SHORT))
+        .set("{longer}", Bytes::from_static(b"1"), ttl(SHORT))
         .await
         .expect("set");
     f.store
-        .set("longer", Bytes::from_static(b"2"), ttl(LONG))
+        .set("{longer}", Bytes::from_static(b"2"), ttl(LONG))
         .await
         .expect("set");
     f.store
-        .set("shorter", Bytes::from_static(b"1"), ttl(LONG))
+        .set("{shorter}", Bytes::from_static(b"1"), ttl(LONG))
         .await
         .expect("set");
     f.store
-        .set("shorter", Bytes::from_static(b"2"), ttl(SHORT))
+        .set("{shorter}", Bytes::from_static(b"2"), ttl(SHORT))
         .await
         .expect("set");
-    // "shorter" expiring is the signal that SHORT has passed for "longer" too.
-    wait_until_expired(&*f.store, "shorter").await;
+    // "{shorter}" expiring is the signal that SHORT has passed for "{longer}" too.
+    wait_until_expired(&*f.store, "{shorter}").await;
     assert_eq!(
-        get(&*f.store, "longer").await,
+        get(&*f.store, "{longer}").await,
         Some(Bytes::from_static(b"2"))
     );
 }
@@ -192,10 +202,10 @@ pub async fn overwrite_replaces_the_ttl(f: &Fixture) {
 pub async fn large_values_round_trip(f: &Fixture) {
     let big: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
     f.store
-        .set("big", Bytes::from(big.clone()), ttl(LONG))
+        .set("{big}", Bytes::from(big.clone()), ttl(LONG))
         .await
         .expect("set");
-    assert_eq!(get(&*f.store, "big").await.as_deref(), Some(&big[..]));
+    assert_eq!(get(&*f.store, "{big}").await.as_deref(), Some(&big[..]));
 }
 
 async fn claim(f: &Fixture, key: &str, seen: Option<&[u8]>, token: &LeaseToken) -> Lease {
@@ -210,8 +220,8 @@ async fn claim(f: &Fixture, key: &str, seen: Option<&[u8]>, token: &LeaseToken) 
 /// others see it held; the holder's fill stores and ends the lease.
 pub async fn one_lease_per_key_and_only_its_holder_fills(f: &Fixture) {
     let (a, b) = (LeaseToken::random(), LeaseToken::random());
-    assert_eq!(claim(f, "k", None, &a).await, Lease::Granted);
-    match claim(f, "k", None, &b).await {
+    assert_eq!(claim(f, "{k}", None, &a).await, Lease::Granted);
+    match claim(f, "{k}", None, &b).await {
         Lease::Held { expires_in } => {
             assert!(expires_in > Duration::from_secs(50) && expires_in <= Duration::from_secs(60));
         }
@@ -219,25 +229,25 @@ pub async fn one_lease_per_key_and_only_its_holder_fills(f: &Fixture) {
     }
     let stored = f
         .store
-        .fill("k", &b, Bytes::from_static(b"b"), ttl(LONG))
+        .fill("{k}", &b, Bytes::from_static(b"b"), ttl(LONG))
         .await;
     assert!(!stored.expect("fill"), "a non-holder's fill is refused");
-    assert_eq!(get(&*f.store, "k").await, None);
+    assert_eq!(get(&*f.store, "{k}").await, None);
     let stored = f
         .store
-        .fill("k", &a, Bytes::from_static(b"a"), ttl(LONG))
+        .fill("{k}", &a, Bytes::from_static(b"a"), ttl(LONG))
         .await;
     assert!(stored.expect("fill"));
-    assert_eq!(get(&*f.store, "k").await.as_deref(), Some(&b"a"[..]));
+    assert_eq!(get(&*f.store, "{k}").await.as_deref(), Some(&b"a"[..]));
     let again = f
         .store
-        .fill("k", &a, Bytes::from_static(b"again"), ttl(LONG))
+        .fill("{k}", &a, Bytes::from_static(b"again"), ttl(LONG))
         .await;
     assert!(!again.expect("fill"), "the fill ended the lease");
     // The entry is there now: a claim that saw nothing gets it back.
     let claimed = f
         .store
-        .claim("k", None, &b, ttl(LONG))
+        .claim("{k}", None, &b, ttl(LONG))
         .await
         .expect("claim");
     assert_eq!(claimed.lease, Lease::Changed);
@@ -250,37 +260,37 @@ pub async fn one_lease_per_key_and_only_its_holder_fills(f: &Fixture) {
 pub async fn a_claim_compares_the_entry_it_saw(f: &Fixture) {
     let t = LeaseToken::random();
     f.store
-        .set("k", Bytes::from_static(b"v1-payload"), ttl(LONG))
+        .set("{k}", Bytes::from_static(b"v1-payload"), ttl(LONG))
         .await
         .expect("set");
-    assert_eq!(claim(f, "k", Some(b"v1"), &t).await, Lease::Granted);
-    f.store.release_lease("k", &t).await.expect("release");
+    assert_eq!(claim(f, "{k}", Some(b"v1"), &t).await, Lease::Granted);
+    f.store.release_lease("{k}", &t).await.expect("release");
     f.store
-        .set("k", Bytes::from_static(b"v2-payload"), ttl(LONG))
+        .set("{k}", Bytes::from_static(b"v2-payload"), ttl(LONG))
         .await
         .expect("set");
     let claimed = f
         .store
-        .claim("k", Some(b"v1"), &t, ttl(LONG))
+        .claim("{k}", Some(b"v1"), &t, ttl(LONG))
         .await
         .expect("claim");
     assert_eq!(claimed.lease, Lease::Changed);
     assert_eq!(claimed.value.as_deref(), Some(&b"v2-payload"[..]));
     f.store
-        .set("e", Bytes::new(), ttl(LONG))
+        .set("{e}", Bytes::new(), ttl(LONG))
         .await
         .expect("set");
-    assert_eq!(claim(f, "e", None, &t).await, Lease::Changed);
-    assert_eq!(claim(f, "e", Some(b""), &t).await, Lease::Granted);
+    assert_eq!(claim(f, "{e}", None, &t).await, Lease::Changed);
+    assert_eq!(claim(f, "{e}", Some(b""), &t).await, Lease::Granted);
     // Gone since it was seen: there is something to load, so it is granted.
-    assert_eq!(claim(f, "gone", Some(b"v1"), &t).await, Lease::Granted);
+    assert_eq!(claim(f, "{gone}", Some(b"v1"), &t).await, Lease::Granted);
 }
 
 /// A write or delete while a lease is held ends it: the holder's fill
 /// (which may carry a value read before the write) is refused.
 pub async fn writes_and_deletes_end_the_lease(f: &Fixture) {
     for write in ["set", "set_many", "delete"] {
-        let key = format!("k-{write}");
+        let key = format!("{{k-{write}}}");
         let holder = LeaseToken::random();
         assert_eq!(claim(f, &key, None, &holder).await, Lease::Granted);
         match write {
@@ -322,41 +332,44 @@ pub async fn writes_and_deletes_end_the_lease(f: &Fixture) {
 /// lease is free to claim and its holder's fill is refused.
 pub async fn release_and_extend_never_touch_another_holders_lease(f: &Fixture) {
     let (a, b) = (LeaseToken::random(), LeaseToken::random());
-    assert_eq!(claim(f, "k", None, &a).await, Lease::Granted);
-    assert!(!f.store.release_lease("k", &b).await.expect("release"));
+    assert_eq!(claim(f, "{k}", None, &a).await, Lease::Granted);
+    assert!(!f.store.release_lease("{k}", &b).await.expect("release"));
     assert!(
         !f.store
-            .extend_lease("k", &b, ttl(LONG))
+            .extend_lease("{k}", &b, ttl(LONG))
             .await
             .expect("extend")
     );
-    assert!(matches!(claim(f, "k", None, &b).await, Lease::Held { .. }));
-    assert!(f.store.release_lease("k", &a).await.expect("release"));
-    assert_eq!(claim(f, "k", None, &b).await, Lease::Granted);
-    assert!(!f.store.release_lease("k", &a).await.expect("release"));
+    assert!(matches!(
+        claim(f, "{k}", None, &b).await,
+        Lease::Held { .. }
+    ));
+    assert!(f.store.release_lease("{k}", &a).await.expect("release"));
+    assert_eq!(claim(f, "{k}", None, &b).await, Lease::Granted);
+    assert!(!f.store.release_lease("{k}", &a).await.expect("release"));
 
     // Expiry, and extension keeping a lease alive past its first TTL.
     let (c, d) = (LeaseToken::random(), LeaseToken::random());
     let granted = f
         .store
-        .claim("short", None, &c, ttl(SHORT))
+        .claim("{short}", None, &c, ttl(SHORT))
         .await
         .expect("claim");
     assert_eq!(granted.lease, Lease::Granted);
     assert!(
         f.store
-            .extend_lease("short", &c, ttl(LONG))
+            .extend_lease("{short}", &c, ttl(LONG))
             .await
             .expect("extend")
     );
     tokio::time::sleep(Duration::from_millis(SHORT + 100)).await;
     assert!(
-        matches!(claim(f, "short", None, &d).await, Lease::Held { .. }),
+        matches!(claim(f, "{short}", None, &d).await, Lease::Held { .. }),
         "extended"
     );
     assert!(
         f.store
-            .extend_lease("short", &c, ttl(SHORT))
+            .extend_lease("{short}", &c, ttl(SHORT))
             .await
             .expect("extend")
     );
@@ -364,7 +377,7 @@ pub async fn release_and_extend_never_touch_another_holders_lease(f: &Fixture) {
     loop {
         let lease = f
             .store
-            .claim("short", None, &d, ttl(LONG))
+            .claim("{short}", None, &d, ttl(LONG))
             .await
             .expect("claim")
             .lease;
@@ -376,7 +389,7 @@ pub async fn release_and_extend_never_touch_another_holders_lease(f: &Fixture) {
     }
     let stored = f
         .store
-        .fill("short", &c, Bytes::from_static(b"late"), ttl(LONG))
+        .fill("{short}", &c, Bytes::from_static(b"late"), ttl(LONG))
         .await;
     assert!(
         !stored.expect("fill"),

@@ -5,6 +5,10 @@
 //! [`RedisServer`] gets its own loopback port and temp dir, so tests can run in
 //! parallel without sharing state, and the process is killed on drop so a
 //! failing test cannot leak servers.
+//!
+//! The same machinery runs cluster nodes ([`RedisCluster`](crate::RedisCluster)),
+//! sentinels ([`SentinelGroup`](crate::SentinelGroup)), servers with an ACL
+//! user and TLS servers (see [`RedisServerBuilder`]).
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -15,7 +19,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use redis::IntoConnectionInfo;
 use tempfile::TempDir;
+
+use crate::tls::TlsFiles;
 
 /// Environment variable that overrides which `redis-server` binary is run.
 const BIN_ENV: &str = "CACHETTE_REDIS_SERVER";
@@ -32,18 +39,30 @@ const MAX_PORT_ATTEMPTS: usize = 5;
 /// Connect/read/write timeout for one readiness probe, so a single probe (for
 /// instance against a process that is not ours) can never stall the loop.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// A TLS probe also does a handshake (and maybe AUTH), so allow it longer.
+const TLS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Timeout of [`RedisServer::query_blocking`] (connect, and each reply).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Polling backoff: start small because redis usually starts in a few ms,
 /// cap it so we notice readiness promptly on a slow machine.
-const BACKOFF_START: Duration = Duration::from_millis(2);
-const BACKOFF_MAX: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_START: Duration = Duration::from_millis(2);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// Bound for waiting until SIGSTOP/SIGCONT have visibly taken effect.
 const SIGNAL_SETTLE_DEADLINE: Duration = Duration::from_secs(1);
 
 const LOG_FILE: &str = "redis.log";
+/// Where a sentinel's config file goes in its temp dir. Sentinel rewrites it
+/// (its ID, the replicas and sentinels it discovered), so it must be ours.
+const SENTINEL_CONFIG_FILE: &str = "sentinel.conf";
+/// The cluster state file of a cluster node, relative to its temp dir.
+const CLUSTER_CONFIG_FILE: &str = "nodes.conf";
 /// Logged by redis only after its listening socket is set up. Requiring it in
 /// *our* log (not just a PONG on the port) guarantees we are not talking to
 /// some other process that grabbed the port while ours failed to bind.
 const READY_LINE: &str = "Ready to accept connections";
+/// A sentinel never logs [`READY_LINE`]; it logs its ID once its listening
+/// socket is set up and it has loaded its (rewritten) config.
+const SENTINEL_READY_LINE: &str = "Sentinel ID is";
 const ADDR_IN_USE: &str = "Address already in use";
 
 /// A real redis-server on a free loopback port, in its own temp dir, killed on Drop.
@@ -53,13 +72,24 @@ const ADDR_IN_USE: &str = "Address already in use";
 /// tests need. The server's stdout/stderr and log all go to one file, see
 /// [`log`]; it is printed to stderr automatically if the owning test panics.
 ///
+/// Servers needing credentials or TLS come from [`RedisServer::builder`]
+/// (or [`spawn_with_acl`]/[`spawn_tls`]); the server's own probes (readiness,
+/// the `KEYS` check) authenticate and speak TLS as needed.
+///
 /// [`restart`]: RedisServer::restart
 /// [`log`]: RedisServer::log
+/// [`spawn_with_acl`]: RedisServer::spawn_with_acl
+/// [`spawn_tls`]: RedisServer::spawn_tls
 #[derive(Debug)]
 pub struct RedisServer {
     bin: PathBuf,
     port: u16,
-    extra: Vec<OsString>,
+    /// The cluster bus port of a cluster node (`--cluster-port`), chosen
+    /// with `port` and kept across restarts.
+    bus_port: Option<u16>,
+    opts: Options,
+    /// Certificates of a TLS server, written into `dir`.
+    tls: Option<TlsFiles>,
     /// Kept alive for the server's lifetime: it holds the log and redis's
     /// working directory, and is deleted when the server is dropped.
     dir: TempDir,
@@ -74,6 +104,107 @@ pub struct RedisServer {
     /// `KEYS` commands the server ran, summed over its restarts (its
     /// counters reset with each start). `Drop` fails the test if any.
     keys_calls: u64,
+}
+
+/// How a server is launched; fixed for its lifetime.
+#[derive(Debug, Clone, Default)]
+struct Options {
+    extra: Vec<OsString>,
+    /// ACL user (name, password) with all permissions; the default user is off.
+    acl: Option<(String, String)>,
+    tls: bool,
+    /// Run as a sentinel with this initial config file.
+    sentinel_config: Option<String>,
+    /// Run as a cluster node (`--cluster-enabled yes` and a bus port).
+    cluster: bool,
+}
+
+/// Builds a [`RedisServer`] with credentials, TLS or extra arguments.
+///
+/// ```no_run
+/// # use cachette_test::RedisServer;
+/// let server = RedisServer::builder()
+///     .acl_user("app", "s3cret")
+///     .tls()
+///     .arg("--maxmemory")
+///     .arg("64mb")
+///     .spawn();
+/// let url = server.authenticated_url(); // rediss://app:s3cret@127.0.0.1:{port}
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RedisServerBuilder {
+    opts: Options,
+}
+
+impl RedisServerBuilder {
+    /// Appends one command-line argument, after the defaults (so it
+    /// overrides them).
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.opts.extra.push(arg.into());
+        self
+    }
+
+    /// Appends command-line arguments, see [`arg`](RedisServerBuilder::arg).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.opts.extra.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Creates ACL user `user` with password `password` and every
+    /// permission (`on >password ~* &* +@all`), and disables the `default`
+    /// user, so unauthenticated connections get `NOAUTH`. The password must
+    /// not contain whitespace or quotes (it goes on the command line).
+    pub fn acl_user(mut self, user: &str, password: &str) -> Self {
+        assert!(
+            !user.is_empty() && !password.is_empty(),
+            "ACL user and password must not be empty"
+        );
+        assert!(
+            !user
+                .chars()
+                .chain(password.chars())
+                .any(|c| c.is_whitespace() || c == '"' || c == '\''),
+            "ACL user and password must not contain whitespace or quotes"
+        );
+        self.opts.acl = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Serves TLS only (`--port 0 --tls-port {port}`), with a server
+    /// certificate for `127.0.0.1` and `localhost` issued by a throwaway CA
+    /// generated now (see [`RedisServer::ca_cert_pem`]). Client
+    /// certificates are not required (`--tls-auth-clients no`).
+    pub fn tls(mut self) -> Self {
+        self.opts.tls = true;
+        self
+    }
+
+    /// Runs `redis-server <config> --sentinel`, `config` being the initial
+    /// contents of its (writable) config file.
+    pub(crate) fn sentinel(mut self, config: String) -> Self {
+        self.opts.sentinel_config = Some(config);
+        self
+    }
+
+    /// Runs a cluster node: `--cluster-enabled yes`, its own state file and
+    /// a bus port of its own (`--cluster-port`).
+    pub(crate) fn cluster_node(mut self) -> Self {
+        self.opts.cluster = true;
+        self
+    }
+
+    /// Starts the server and waits until it is ready.
+    ///
+    /// # Panics
+    ///
+    /// As for [`RedisServer::spawn`].
+    pub fn spawn(self) -> RedisServer {
+        RedisServer::spawn_with_options(self.opts)
+    }
 }
 
 /// Why a single launch attempt did not produce a ready server.
@@ -107,15 +238,63 @@ impl RedisServer {
     ///
     /// As for [`spawn`](RedisServer::spawn).
     pub fn spawn_with_args(extra: &[&str]) -> RedisServer {
+        Self::builder().args(extra).spawn()
+    }
+
+    /// A server whose only usable account is ACL user `user` with
+    /// `password` (the default user is disabled). See
+    /// [`RedisServerBuilder::acl_user`] and [`authenticated_url`].
+    ///
+    /// [`authenticated_url`]: RedisServer::authenticated_url
+    ///
+    /// # Panics
+    ///
+    /// As for [`spawn`](RedisServer::spawn).
+    pub fn spawn_with_acl(user: &str, password: &str) -> RedisServer {
+        Self::builder().acl_user(user, password).spawn()
+    }
+
+    /// A server that only speaks TLS, on `rediss://127.0.0.1:{port}`,
+    /// with a certificate issued by a throwaway CA: trust
+    /// [`ca_cert_pem`](RedisServer::ca_cert_pem) (or use
+    /// [`client`](RedisServer::client), which does). See
+    /// [`RedisServerBuilder::tls`].
+    ///
+    /// # Panics
+    ///
+    /// As for [`spawn`](RedisServer::spawn).
+    pub fn spawn_tls() -> RedisServer {
+        Self::builder().tls().spawn()
+    }
+
+    /// A builder for servers with credentials, TLS or extra arguments.
+    pub fn builder() -> RedisServerBuilder {
+        RedisServerBuilder::default()
+    }
+
+    fn spawn_with_options(opts: Options) -> RedisServer {
         let bin = find_binary();
+        let prefix = if opts.sentinel_config.is_some() {
+            "cachette-sentinel-"
+        } else {
+            "cachette-redis-"
+        };
         let dir = tempfile::Builder::new()
-            .prefix("cachette-redis-")
+            .prefix(prefix)
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for redis-server: {e}"));
+        if let Some(config) = &opts.sentinel_config {
+            let path = dir.path().join(SENTINEL_CONFIG_FILE);
+            fs::write(&path, config)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        }
+        let tls = opts.tls.then(|| TlsFiles::generate(dir.path()));
         let mut server = RedisServer {
             bin,
             port: 0,
-            extra: extra.iter().map(OsString::from).collect(),
+            bus_port: None,
+            opts,
+            tls,
             dir,
             child: None,
             paused: AtomicBool::new(false),
@@ -126,6 +305,9 @@ impl RedisServer {
         let deadline = Instant::now() + START_DEADLINE;
         for _ in 0..MAX_PORT_ATTEMPTS {
             server.port = free_port();
+            if server.opts.cluster {
+                server.bus_port = Some(free_port_other_than(server.port));
+            }
             match server.launch(deadline) {
                 Ok(child) => {
                     server.child = Some(child);
@@ -141,18 +323,101 @@ impl RedisServer {
     }
 
     /// The TCP port the server listens on (stable across [`restart`](RedisServer::restart)).
+    /// For a TLS server, its TLS port (it has no plain one).
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Connection URL without credentials: `redis://127.0.0.1:{port}`.
+    /// Connection URL without credentials: `redis://127.0.0.1:{port}`, or
+    /// `rediss://127.0.0.1:{port}` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Like [`url`](RedisServer::url), with the server's credentials (ACL
+    /// user and password, or the `--requirepass` password) percent-encoded
+    /// into it, e.g. `redis://app:s3cret@127.0.0.1:{port}`. Same as `url()`
+    /// for a server without credentials.
+    pub fn authenticated_url(&self) -> String {
+        let url = self.url();
+        let (user, password) = self.credentials();
+        let Some(password) = password else {
+            return url;
+        };
+        let (scheme, rest) = url.split_once("://").unwrap_or(("redis", &url));
+        format!(
+            "{scheme}://{}:{}@{rest}",
+            percent_encode(user.unwrap_or("")),
+            percent_encode(password)
+        )
+    }
+
+    /// The ACL user of a server built with
+    /// [`acl_user`](RedisServerBuilder::acl_user).
+    pub fn username(&self) -> Option<&str> {
+        self.opts.acl.as_ref().map(|(user, _)| user.as_str())
+    }
+
+    /// The password clients need: the ACL user's, or the last
+    /// `--requirepass` argument.
+    pub fn password(&self) -> Option<&str> {
+        self.credentials().1
+    }
+
+    /// Whether the server speaks TLS (see [`spawn_tls`](RedisServer::spawn_tls)).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// PEM of the throwaway CA that issued a TLS server's certificate;
+    /// `None` for a plain server.
+    pub fn ca_cert_pem(&self) -> Option<&[u8]> {
+        self.tls.as_ref().map(|tls| tls.ca_pem.as_slice())
+    }
+
+    /// What a `redis` client needs to trust a TLS server, for
+    /// `redis::Client::build_with_tls`; `None` for a plain server.
+    pub fn tls_certificates(&self) -> Option<redis::TlsCertificates> {
+        self.tls.as_ref().map(|tls| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(tls.ca_pem.clone()),
+        })
     }
 
     /// The loopback socket address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The cluster bus port of a cluster node, `None` otherwise.
+    pub fn cluster_bus_port(&self) -> Option<u16> {
+        self.bus_port
+    }
+
+    /// Whether the process is running: started, not stopped and not
+    /// exited on its own (e.g. after `SHUTDOWN`). A paused server counts as
+    /// running.
+    pub fn is_running(&self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        match process_state(child.id()) {
+            // A process that exited on its own is a zombie until reaped.
+            Some(state) => !matches!(state, 'Z' | 'X'),
+            // Our unreaped child always has an entry where /proc exists;
+            // without /proc, assume it runs.
+            None => !Path::new("/proc/self/stat").exists(),
+        }
+    }
+
+    /// Whether the server is frozen by [`pause`](RedisServer::pause).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// Kills the server (SIGKILL, so nothing is flushed or shut down
@@ -177,7 +442,8 @@ impl RedisServer {
 
     /// Starts the server again on the same port and temp dir (after
     /// [`stop`](RedisServer::stop)) and waits until it is ready. The data is
-    /// gone because persistence is off.
+    /// gone because persistence is off (a cluster node keeps its identity
+    /// and slots, a sentinel its config: those live in files in its temp dir).
     ///
     /// Does nothing if the server is already running. The port is never
     /// changed, since tests keep using the old URL; if it is briefly
@@ -248,43 +514,105 @@ impl RedisServer {
     }
 
     /// A `redis` client for [`url`](RedisServer::url). It carries no
-    /// credentials; for servers started with `--requirepass`, build a URL
-    /// such as `redis://:secret@127.0.0.1:{port}` instead.
+    /// credentials (use [`authenticated_client`] for that); for a TLS
+    /// server it trusts the server's CA.
+    ///
+    /// [`authenticated_client`]: RedisServer::authenticated_client
     ///
     /// # Panics
     ///
     /// If the URL is rejected by the `redis` crate (should not happen).
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url())
-            .unwrap_or_else(|e| panic!("invalid redis url {}: {e}", self.url()))
+        self.make_client(false)
+    }
+
+    /// Like [`client`](RedisServer::client), with the server's credentials
+    /// (ACL user or `--requirepass` password).
+    ///
+    /// # Panics
+    ///
+    /// As for [`client`](RedisServer::client).
+    pub fn authenticated_client(&self) -> redis::Client {
+        self.make_client(true)
+    }
+
+    fn make_client(&self, authenticated: bool) -> redis::Client {
+        let url = self.url();
+        let mut info = url
+            .as_str()
+            .into_connection_info()
+            .unwrap_or_else(|e| panic!("invalid redis url {url}: {e}"));
+        let (user, password) = self.credentials();
+        if authenticated && let Some(password) = password {
+            let mut settings = info.redis_settings().clone().set_password(password);
+            if let Some(user) = user {
+                settings = settings.set_username(user);
+            }
+            info = info.set_redis_settings(settings);
+        }
+        let client = match self.tls_certificates() {
+            Some(certs) => {
+                crate::tls::install_crypto_provider();
+                redis::Client::build_with_tls(info, certs)
+            }
+            None => redis::Client::open(info),
+        };
+        client.unwrap_or_else(|e| panic!("cannot build a redis client for {url}: {e}"))
     }
 
     /// A raw multiplexed connection, so tests can inspect or tamper with
-    /// Redis directly, behind the back of the code under test.
+    /// Redis directly, behind the back of the code under test. It is not
+    /// authenticated: see [`authenticated_connection`].
     ///
     /// Must be called inside a Tokio runtime with the time driver enabled.
+    ///
+    /// [`authenticated_connection`]: RedisServer::authenticated_connection
     ///
     /// # Panics
     ///
     /// If connecting fails or takes longer than 10 seconds (e.g. while paused).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        let client = self.client();
-        match tokio::time::timeout(START_DEADLINE, client.get_multiplexed_async_connection()).await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => panic!("cannot connect to redis-server at {}: {e}", self.url()),
-            Err(_) => panic!(
-                "connecting to redis-server at {} timed out after {START_DEADLINE:?}",
-                self.url()
-            ),
-        }
+        connect_async(&self.client(), &self.url()).await
+    }
+
+    /// Like [`connection`](RedisServer::connection), authenticated with the
+    /// server's credentials.
+    ///
+    /// # Panics
+    ///
+    /// As for [`connection`](RedisServer::connection), or if authentication fails.
+    pub async fn authenticated_connection(&self) -> redis::aio::MultiplexedConnection {
+        connect_async(&self.authenticated_client(), &self.url()).await
+    }
+
+    /// Runs one command on a fresh, authenticated, blocking connection with
+    /// 5 second timeouts: handy for admin commands from synchronous code.
+    /// Inside an async test it blocks the runtime thread while it runs.
+    pub fn query_blocking<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        self.query_within(cmd, QUERY_TIMEOUT)
+    }
+
+    pub(crate) fn query_within<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        timeout: Duration,
+    ) -> redis::RedisResult<T> {
+        let mut conn = self
+            .authenticated_client()
+            .get_connection_with_timeout(timeout)?;
+        conn.set_read_timeout(Some(timeout))?;
+        conn.set_write_timeout(Some(timeout))?;
+        cmd.query(&mut conn)
     }
 
     /// Closes the client connection whose address (as the client sees its
     /// own socket) is `addr`, as an operator's `CLIENT KILL ADDR` would.
     /// Returns whether one was closed.
     pub async fn kill_client(&self, addr: SocketAddr) -> bool {
-        let mut conn = self.connection().await;
+        let mut conn = self.authenticated_connection().await;
         let killed: redis::RedisResult<i64> = redis::cmd("CLIENT")
             .arg("KILL")
             .arg("ADDR")
@@ -300,14 +628,11 @@ impl RedisServer {
     /// [`reset_stats`](RedisServer::reset_stats)), from `INFO
     /// commandstats`; `None` if the server did not answer within a second.
     pub fn calls(&self, command: &str) -> Option<u64> {
-        let client = self.client();
-        let mut conn = client
-            .get_connection_with_timeout(Duration::from_secs(1))
-            .ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut conn)
+        let info: String = self
+            .query_within(
+                redis::cmd("INFO").arg("commandstats"),
+                Duration::from_secs(1),
+            )
             .ok()?;
         let field = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
         Some(
@@ -323,12 +648,10 @@ impl RedisServer {
     /// the `KEYS` count for the check at drop.
     pub fn reset_stats(&mut self) {
         self.keys_calls += self.calls("keys").unwrap_or(0);
-        if let Ok(mut conn) = self
-            .client()
-            .get_connection_with_timeout(Duration::from_secs(1))
-        {
-            let _: redis::RedisResult<()> = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn);
-        }
+        let _: redis::RedisResult<()> = self.query_within(
+            redis::cmd("CONFIG").arg("RESETSTAT"),
+            Duration::from_secs(1),
+        );
     }
 
     /// Contents of the server's log file, including anything it wrote to
@@ -337,8 +660,29 @@ impl RedisServer {
         String::from_utf8_lossy(&fs::read(self.log_path()).unwrap_or_default()).into_owned()
     }
 
+    /// The server's temp dir (log, config and state files, certificates).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join(LOG_FILE)
+    }
+
+    /// (user, password) for the server's own connections.
+    fn credentials(&self) -> (Option<&str>, Option<&str>) {
+        if let Some((user, password)) = &self.opts.acl {
+            return (Some(user), Some(password));
+        }
+        let requirepass = self
+            .opts
+            .extra
+            .windows(2)
+            .filter(|pair| pair[0] == "--requirepass")
+            .filter_map(|pair| pair[1].to_str())
+            .next_back()
+            .filter(|password| !password.is_empty());
+        (None, requirepass)
     }
 
     /// The log written after byte `offset`, i.e. by the current launch only.
@@ -352,9 +696,32 @@ impl RedisServer {
 
     fn args(&self) -> Vec<OsString> {
         let dir = self.dir.path();
-        let mut args: Vec<OsString> = vec![
-            "--port".into(),
-            self.port.to_string().into(),
+        let mut args: Vec<OsString> = Vec::new();
+        if self.opts.sentinel_config.is_some() {
+            // The config file must be the first argument.
+            args.push(dir.join(SENTINEL_CONFIG_FILE).into());
+            args.push("--sentinel".into());
+        }
+        let port = self.port.to_string();
+        match &self.tls {
+            // TLS only: no plain port at all.
+            Some(tls) => args.extend::<[OsString; 12]>([
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.into(),
+                "--tls-cert-file".into(),
+                tls.cert.clone().into(),
+                "--tls-key-file".into(),
+                tls.key.clone().into(),
+                "--tls-ca-cert-file".into(),
+                tls.ca.clone().into(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]),
+            None => args.extend(["--port".into(), port.into()]),
+        }
+        args.extend::<[OsString; 14]>([
             "--bind".into(),
             "127.0.0.1".into(),
             // No RDB snapshots and no AOF: tests must start from, and restart
@@ -372,9 +739,56 @@ impl RedisServer {
             "no".into(),
             "--protected-mode".into(),
             "no".into(),
-        ];
-        args.extend(self.extra.iter().cloned());
+        ]);
+        if let Some(bus_port) = self.bus_port {
+            args.extend::<[OsString; 8]>([
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                dir.join(CLUSTER_CONFIG_FILE).into(),
+                "--cluster-port".into(),
+                bus_port.to_string().into(),
+                // What the node tells clients and peers: never a guess.
+                "--cluster-announce-ip".into(),
+                "127.0.0.1".into(),
+            ]);
+        }
+        if let Some((user, password)) = &self.opts.acl {
+            // One `--user` directive per user; redis joins the following
+            // arguments into the directive's line.
+            args.extend::<[OsString; 10]>([
+                "--user".into(),
+                user.into(),
+                "on".into(),
+                format!(">{password}").into(),
+                "~*".into(),
+                "&*".into(),
+                "+@all".into(),
+                "--user".into(),
+                "default".into(),
+                "off".into(),
+            ]);
+        }
+        args.extend(self.opts.extra.iter().cloned());
         args
+    }
+
+    fn ready_line(&self) -> &'static str {
+        if self.opts.sentinel_config.is_some() {
+            SENTINEL_READY_LINE
+        } else {
+            READY_LINE
+        }
+    }
+
+    /// Whether the server answers a `PING` (a `NOAUTH` refusal counts).
+    fn answers(&self) -> bool {
+        if self.tls.is_none() {
+            return answers_ping(self.addr());
+        }
+        // TLS needs a real client; it also authenticates, if needed.
+        self.query_within::<String>(&redis::cmd("PING"), TLS_PROBE_TIMEOUT)
+            .is_ok_and(|reply| reply == "PONG")
     }
 
     /// One attempt to run redis on `self.port` and wait until it is ready.
@@ -422,7 +836,7 @@ impl RedisServer {
                     panic!("cannot query redis-server process status: {e}");
                 }
             }
-            if self.log_since(offset).contains(READY_LINE) && answers_ping(self.addr()) {
+            if self.log_since(offset).contains(self.ready_line()) && self.answers() {
                 return Ok(child);
             }
             if Instant::now() >= deadline {
@@ -467,6 +881,28 @@ impl RedisServer {
             ),
         }
     }
+}
+
+async fn connect_async(client: &redis::Client, url: &str) -> redis::aio::MultiplexedConnection {
+    match tokio::time::timeout(START_DEADLINE, client.get_multiplexed_async_connection()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!("cannot connect to redis-server at {url}: {e}"),
+        Err(_) => panic!("connecting to redis-server at {url} timed out after {START_DEADLINE:?}"),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for
+/// credentials in a URL.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for byte in s.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 impl Drop for RedisServer {
@@ -530,6 +966,16 @@ pub(crate) fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
+}
+
+/// A free port (see [`free_port`]) that is not `other`.
+pub(crate) fn free_port_other_than(other: u16) -> u16 {
+    loop {
+        let port = free_port();
+        if port != other {
+            return port;
+        }
+    }
 }
 
 /// Sends a raw RESP `PING` over a plain socket and checks the reply. Uses std
@@ -614,7 +1060,7 @@ fn kill_and_reap(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn sleep_until_at_most(duration: Duration, deadline: Instant) {
+pub(crate) fn sleep_until_at_most(duration: Duration, deadline: Instant) {
     let remaining = deadline.saturating_duration_since(Instant::now());
     std::thread::sleep(duration.min(remaining));
 }
@@ -783,5 +1229,156 @@ mod tests {
         assert_eq!(server.port(), port);
         assert!(answers_ping(server.addr()));
         assert!(server.log().contains(ADDR_IN_USE), "log: {}", server.log());
+    }
+
+    #[tokio::test]
+    async fn acl_server_refuses_anonymous_and_accepts_the_user() {
+        let server = RedisServer::spawn_with_acl("app", "pa:ss/w%rd");
+        assert_eq!(server.username(), Some("app"));
+        assert_eq!(server.password(), Some("pa:ss/w%rd"));
+        assert_eq!(
+            server.authenticated_url(),
+            format!("redis://app:pa%3Ass%2Fw%25rd@127.0.0.1:{}", server.port())
+        );
+
+        let mut anon = server.connection().await;
+        let err = ping(&mut anon).await.unwrap_err();
+        assert!(
+            err.to_string().contains("NOAUTH"),
+            "unexpected error: {err}"
+        );
+
+        // The default user is off, so `AUTH default <anything>` fails too.
+        let wrong = format!("redis://default:pa:ss@127.0.0.1:{}", server.port());
+        let refused = redis::Client::open(wrong)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await;
+        assert!(refused.is_err(), "the default user could log in");
+
+        let mut conn = redis::Client::open(server.authenticated_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        assert_eq!(ping(&mut conn).await.unwrap(), "PONG");
+        let mut admin = server.authenticated_connection().await;
+        assert_eq!(ping(&mut admin).await.unwrap(), "PONG");
+
+        // The server's own bookkeeping authenticates too.
+        assert!(server.calls("ping").unwrap() >= 2);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "ran KEYS")]
+    async fn keys_check_works_with_acl() {
+        let server = RedisServer::spawn_with_acl("app", "secret");
+        let mut conn = server.authenticated_connection().await;
+        let _: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn tls_server_accepts_a_client_trusting_the_ca() {
+        let mut server = RedisServer::spawn_tls();
+        assert!(server.is_tls());
+        assert_eq!(
+            server.url(),
+            format!("rediss://127.0.0.1:{}", server.port())
+        );
+        let ca = server.ca_cert_pem().unwrap().to_vec();
+        assert!(String::from_utf8_lossy(&ca).starts_with("-----BEGIN CERTIFICATE-----"));
+
+        // A client built from the URL and the CA alone, as an application would.
+        let client = redis::Client::build_with_tls(
+            server.url(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca),
+            },
+        )
+        .unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        assert_eq!(ping(&mut conn).await.unwrap(), "PONG");
+
+        // Plain text on the TLS port gets nowhere.
+        let plain = redis::Client::open(format!("redis://127.0.0.1:{}", server.port())).unwrap();
+        let plain = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut conn = plain.get_multiplexed_async_connection().await?;
+            ping(&mut conn).await
+        })
+        .await;
+        assert!(
+            !matches!(plain, Ok(Ok(_))),
+            "plain text worked on the TLS port"
+        );
+
+        // A client that does not trust the CA is refused.
+        let untrusting = redis::Client::open(server.url()).unwrap();
+        assert!(untrusting.get_multiplexed_async_connection().await.is_err());
+
+        // Bookkeeping and restarts work over TLS.
+        assert!(server.calls("ping").unwrap() >= 1);
+        server.restart();
+        let mut conn = server.connection().await;
+        assert_eq!(ping(&mut conn).await.unwrap(), "PONG");
+    }
+
+    #[tokio::test]
+    async fn tls_with_acl() {
+        let server = RedisServer::builder()
+            .tls()
+            .acl_user("app", "secret")
+            .spawn();
+        assert_eq!(
+            server.authenticated_url(),
+            format!("rediss://app:secret@127.0.0.1:{}", server.port())
+        );
+        let mut anon = server.connection().await;
+        assert!(
+            ping(&mut anon)
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("NOAUTH")
+        );
+        let mut conn = server.authenticated_connection().await;
+        assert_eq!(ping(&mut conn).await.unwrap(), "PONG");
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "ran KEYS")]
+    async fn keys_check_works_with_requirepass() {
+        let server = RedisServer::spawn_with_args(&["--requirepass", "secret"]);
+        let mut conn = server.authenticated_connection().await;
+        let _: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        drop(server);
+    }
+
+    #[test]
+    fn is_running_follows_the_process() {
+        let mut server = RedisServer::spawn();
+        assert!(server.is_running());
+        server.pause();
+        assert!(server.is_running() && server.is_paused());
+        server.resume();
+        let _: redis::RedisResult<()> = server.query_blocking(redis::cmd("SHUTDOWN").arg("NOSAVE"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.is_running() && Instant::now() < deadline {
+            sleep_until_at_most(Duration::from_millis(10), deadline);
+        }
+        assert!(!server.is_running());
+        server.start();
+        assert!(server.is_running());
+        server.stop();
+        assert!(!server.is_running());
     }
 }

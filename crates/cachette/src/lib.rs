@@ -18,8 +18,10 @@
 //!   then updates the cache.
 //! * Stores sit behind the small [`Store`](store::Store) trait:
 //!   [`EmbeddedStore`](store::EmbeddedStore) (the default, bounded by bytes)
-//!   and [`RedisStore`](store::RedisStore). One conformance suite runs
-//!   against both.
+//!   and [`RedisStore`](store::RedisStore) (one server, a Redis Cluster,
+//!   or a master found through Sentinel, by URL:
+//!   [`RedisConfig`](store::RedisConfig)). One conformance suite runs
+//!   against each.
 //! * Every entry is wrapped in a small versioned [`envelope`], so a cached
 //!   `""`, `0`, `false` or `null` is a hit, and another application's value,
 //!   a truncated one or a future format reads as a counted miss, never as

@@ -1,6 +1,7 @@
 //! The backplane between instances in one test process: each "instance" is
 //! its own backplane connection (its own id) and cache over one real
-//! redis-server. The separate-process runs are in `coherence.rs`.
+//! redis-server (or a real Redis Cluster, whose nodes relay Pub/Sub to each
+//! other). The separate-process runs are in `coherence.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,13 +10,13 @@ use std::time::{Duration, Instant};
 use cachette::backplane::{Backplane, BackplaneConfig};
 use cachette::store::{RedisConfig, RedisStore};
 use cachette::{Cache, Error};
-use cachette_test::RedisServer;
+use cachette_test::{Fixture, RedisCluster, RedisServer};
 
 const LEASE: Duration = Duration::from_millis(300);
 const BOUND: Duration = Duration::from_secs(10);
 
-async fn backplane(redis: &RedisServer) -> Backplane {
-    let config = RedisConfig::from_url(&redis.url()).unwrap();
+async fn backplane(url: &str) -> Backplane {
+    let config = RedisConfig::from_url(url).unwrap();
     Backplane::connect(
         BackplaneConfig::new(config)
             .heartbeat(Duration::from_millis(50))
@@ -25,8 +26,8 @@ async fn backplane(redis: &RedisServer) -> Backplane {
     .unwrap()
 }
 
-async fn store(redis: &RedisServer) -> RedisStore {
-    RedisStore::connect(RedisConfig::from_url(&redis.url()).unwrap())
+async fn store(url: &str) -> RedisStore {
+    RedisStore::connect(RedisConfig::from_url(url).unwrap())
         .await
         .unwrap()
 }
@@ -36,9 +37,9 @@ struct Instance {
     cache: Cache<String>,
 }
 
-async fn instance(redis: &RedisServer, read_your_writes: bool) -> Instance {
-    let store = store(redis).await;
-    let backplane = backplane(redis).await;
+async fn instance(url: &str, read_your_writes: bool) -> Instance {
+    let store = store(url).await;
+    let backplane = backplane(url).await;
     let mut builder = Cache::builder("doc")
         .store(store)
         .l1(1 << 20)
@@ -53,9 +54,9 @@ async fn instance(redis: &RedisServer, read_your_writes: bool) -> Instance {
 }
 
 /// Two instances that know each other (each heard the other's heartbeat).
-async fn pair(redis: &RedisServer, read_your_writes: bool) -> (Instance, Instance) {
-    let a = instance(redis, read_your_writes).await;
-    let b = instance(redis, read_your_writes).await;
+async fn pair(url_a: &str, url_b: &str, read_your_writes: bool) -> (Instance, Instance) {
+    let a = instance(url_a, read_your_writes).await;
+    let b = instance(url_b, read_your_writes).await;
     until("both instances know each other", || {
         a.backplane.stats().members == 1 && b.backplane.stats().members == 1
     })
@@ -103,7 +104,47 @@ async fn sees(i: &Instance, key: &str, want: Option<&str>) {
 #[tokio::test]
 async fn a_write_in_one_instance_drops_the_copy_in_another() {
     let redis = RedisServer::spawn();
-    let (a, b) = pair(&redis, false).await;
+    a_write_drops_the_copy_elsewhere(&redis.url(), &redis.url()).await;
+}
+
+/// The same on Redis Cluster, with the two instances on different nodes:
+/// their URLs list the seeds in different orders, and each subscribes on
+/// (and publishes through) its first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_cluster_a_write_in_one_instance_drops_the_copy_in_another() {
+    let cluster = RedisCluster::spawn();
+    let (url_a, url_b) = seeds_in_two_orders(&cluster);
+    let _connected = a_write_drops_the_copy_elsewhere(&url_a, &url_b).await;
+    // Each node had one subscriber: node 0 A's, node 1 B's.
+    for node in &cluster.nodes()[..2] {
+        let mut conn = node.connection().await;
+        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(cachette::backplane::DEFAULT_CHANNEL)
+            .query_async::<Vec<(String, u64)>>(&mut conn)
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(subscribers, 1, "subscribers on node {}", node.port());
+    }
+}
+
+/// Cluster URLs of `cluster`: node 0 first, and node 1 first.
+fn seeds_in_two_orders(cluster: &RedisCluster) -> (String, String) {
+    let a = Fixture::cluster_url(cluster);
+    let port = |i: usize| cluster.node(i).port();
+    let b = format!(
+        "redis+cluster://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        port(1),
+        port(2),
+        port(0)
+    );
+    (a, b)
+}
+
+/// Returns the instances, still connected.
+async fn a_write_drops_the_copy_elsewhere(url_a: &str, url_b: &str) -> (Instance, Instance) {
+    let (a, b) = pair(url_a, url_b, false).await;
 
     a.cache.set("k", &"v1".into()).await.unwrap();
     assert_eq!(cached_in_l1(&b, "k").await.as_deref(), Some("v1"));
@@ -134,15 +175,16 @@ async fn a_write_in_one_instance_drops_the_copy_in_another() {
     assert!(a.cache.stats().invalidations_sent >= 5);
     // A sender ignores its own messages.
     assert_eq!(a.cache.stats().invalidations_received, 0);
+    (a, b)
 }
 
 #[tokio::test]
 async fn a_cache_without_l1_still_announces() {
     let redis = RedisServer::spawn();
-    let b = instance(&redis, false).await;
-    let writer_bp = backplane(&redis).await;
+    let b = instance(&redis.url(), false).await;
+    let writer_bp = backplane(&redis.url()).await;
     let writer: Cache<String> = Cache::builder("doc")
-        .store(store(&redis).await)
+        .store(store(&redis.url()).await)
         .backplane(writer_bp)
         .build()
         .unwrap();
@@ -155,9 +197,9 @@ async fn a_cache_without_l1_still_announces() {
 #[tokio::test]
 async fn two_caches_of_one_namespace_in_one_process_stay_coherent() {
     let redis = RedisServer::spawn();
-    let a = instance(&redis, false).await;
+    let a = instance(&redis.url(), false).await;
     let twin: Cache<String> = Cache::builder("doc")
-        .store(store(&redis).await)
+        .store(store(&redis.url()).await)
         .l1(1 << 20)
         .backplane(a.backplane.clone())
         .build()
@@ -172,7 +214,20 @@ async fn two_caches_of_one_namespace_in_one_process_stay_coherent() {
 #[tokio::test]
 async fn read_your_writes_needs_no_waiting_by_the_reader() {
     let redis = RedisServer::spawn();
-    let (a, b) = pair(&redis, true).await;
+    read_your_writes_with_no_waiting(&redis.url(), &redis.url()).await;
+}
+
+/// The same on Redis Cluster, with the instances on different nodes: the
+/// acknowledgements cross the cluster bus too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_cluster_read_your_writes_needs_no_waiting_by_the_reader() {
+    let cluster = RedisCluster::spawn();
+    let (url_a, url_b) = seeds_in_two_orders(&cluster);
+    read_your_writes_with_no_waiting(&url_a, &url_b).await;
+}
+
+async fn read_your_writes_with_no_waiting(url_a: &str, url_b: &str) {
+    let (a, b) = pair(url_a, url_b, true).await;
     for i in 0..300 {
         let key = format!("k{}", i % 7);
         if i < 7 {
@@ -190,7 +245,7 @@ async fn read_your_writes_needs_no_waiting_by_the_reader() {
 #[tokio::test]
 async fn a_killed_backplane_connection_flushes_caps_and_comes_back() {
     let redis = RedisServer::spawn();
-    let (a, b) = pair(&redis, false).await;
+    let (a, b) = pair(&redis.url(), &redis.url(), false).await;
     a.cache.set("k", &"v1".into()).await.unwrap();
     cached_in_l1(&b, "k").await;
 
@@ -222,7 +277,7 @@ async fn a_killed_backplane_connection_flushes_caps_and_comes_back() {
 #[tokio::test]
 async fn read_your_writes_holds_while_the_readers_backplane_is_down() {
     let redis = RedisServer::spawn();
-    let (a, b) = pair(&redis, true).await;
+    let (a, b) = pair(&redis.url(), &redis.url(), true).await;
     a.cache.set("k", &"v1".into()).await.unwrap();
     cached_in_l1(&b, "k").await;
     // B's subscriber is killed before every write: B misses some messages

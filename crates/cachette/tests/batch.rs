@@ -299,6 +299,7 @@ async fn a_write_during_a_batch_load_is_not_overwritten(f: Fixture) {
 }
 
 for_each_store!(
+    cluster:
     a_thousand_keys_with_thirty_percent_missing_cost_one_read_and_one_load,
     a_loader_may_answer_part_of_a_batch,
     batches_share_single_flight_with_get_or_load,

@@ -276,6 +276,7 @@ async fn a_pattern_invalidation_during_a_load_keeps_its_value_out(f: Fixture) {
 }
 
 for_each_store!(
+    cluster:
     a_removed_tag_takes_every_entry_carrying_it_and_nothing_else,
     an_expired_tag_leaves_its_entries_only_as_the_fail_safe_fallback,
     a_load_that_read_before_an_invalidation_never_serves_from_the_cache,

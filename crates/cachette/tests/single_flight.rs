@@ -80,6 +80,7 @@ fn spawn_gated(
 }
 
 for_each_store!(
+    cluster:
     concurrent_misses_call_loader_once,
     dropping_the_first_caller_does_not_fail_the_others,
     a_panicking_loader_is_an_error_for_every_waiter,

@@ -342,6 +342,7 @@ async fn no_interleaving_stores_a_value_older_than_the_write(f: Fixture) {
 }
 
 for_each_store!(
+    cluster:
     ten_thousand_concurrent_misses_load_once,
     two_caches_on_one_store_load_a_cold_key_once,
     no_interleaving_stores_a_value_older_than_the_write,

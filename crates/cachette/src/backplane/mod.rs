@@ -27,6 +27,20 @@
 //! cost: one Pub/Sub round trip per write when every instance answers, up
 //! to one lease when one is silent.
 //!
+//! # On Redis Cluster and Sentinel
+//!
+//! A classic `PUBLISH` on any cluster node reaches the subscribers of every
+//! node (over the cluster bus), so an instance subscribes on one node, the
+//! first seed of its URL that answers, and publishes through one node too
+//! (the same, normally): messages from one node arrive in the order they
+//! were published, which acknowledgements rely on. (Sharded Pub/Sub would
+//! scale further but ties a channel to a slot's node, which moves.) Under
+//! Sentinel both sides use the master. The subscriber follows the
+//! publisher's node: when the publisher moves (a failover, or its cluster
+//! node failing), the subscription is dropped like a lost one (L1 flushed)
+//! and made again on the new node, instead of staying deaf on a node that
+//! no longer hears this instance's messages.
+//!
 //! # Why Pub/Sub and not RESP3 client tracking
 //!
 //! Tracking needs RESP3 on every connection (some proxies and managed
@@ -44,7 +58,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::store::RedisConfig;
+use crate::store::{Connection, RedisConfig};
 use crate::{BuildError, Error};
 
 mod fleet;
@@ -218,6 +232,9 @@ pub(crate) struct Shared {
     /// a waiting read-your-writes write.
     nudged_ns: AtomicU64,
     local_addr: Mutex<Option<SocketAddr>>,
+    /// The publisher's connection. When it is pinned to one node (Cluster,
+    /// Sentinel), the subscriber subscribes on that node and follows it.
+    publishing: Connection,
 }
 
 impl Shared {
@@ -329,7 +346,7 @@ impl Backplane {
     /// Redis cannot be reached.
     pub async fn connect(config: BackplaneConfig) -> Result<Backplane, Error> {
         config.check()?;
-        let conn = config.redis.connection_manager().await?;
+        let conn = Connection::open_for_publishing(&config.redis).await?;
         let (queue, queued) = mpsc::channel(QUEUE);
         let (shutdown, stop) = watch::channel(false);
         let id = loop {
@@ -356,6 +373,7 @@ impl Backplane {
             lost: AtomicBool::new(false),
             nudged_ns: AtomicU64::new(0),
             local_addr: Mutex::new(None),
+            publishing: conn.clone(),
         });
         let (first_tx, first) = oneshot::channel();
         tokio::spawn(subscriber::run(Arc::clone(&shared), stop.clone(), first_tx));

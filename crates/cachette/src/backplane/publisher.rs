@@ -10,16 +10,23 @@
 //! invalidation published late is still correct. If the queue overflows
 //! meanwhile, the dropped announcements are replaced by one "flush
 //! everything" message as soon as publishing works again.
+//!
+//! The connection is the store's kind (`store::Connection`), except on
+//! Redis Cluster, where it is pinned to one node, the first seed that
+//! answers: a classic `PUBLISH` reaches every node over the cluster bus,
+//! but in order only from one node, and acknowledgements rely on that
+//! order. When that node fails, the next seed that answers takes over;
+//! under Sentinel, the new master.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Shared;
 use super::wire::Body;
+use crate::store::Connection;
 
 /// Messages taken into one pipeline at most.
 const BATCH: usize = 512;
@@ -58,7 +65,7 @@ pub(crate) enum Outgoing {
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut conn: ConnectionManager,
+    conn: Connection,
     mut queue: mpsc::Receiver<Outgoing>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -149,7 +156,7 @@ pub(crate) async fn run(
                 .ignore();
         }
         let sent = pipe.len() as u64;
-        if !publish(&shared, &mut conn, &pipe, &mut shutdown).await {
+        if !publish(&shared, &conn, &pipe, &mut shutdown).await {
             return;
         }
         shared.counters.sent.fetch_add(sent, Ordering::Relaxed);
@@ -163,7 +170,7 @@ pub(crate) async fn run(
 /// Sends the pipeline until it goes through; false on shutdown.
 async fn publish(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &Connection,
     pipe: &redis::Pipeline,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
@@ -171,7 +178,17 @@ async fn publish(
     let mut backoff = Duration::from_millis(5);
     let mut failing = false;
     loop {
-        let outcome = tokio::time::timeout(timeout, pipe.query_async::<()>(conn)).await;
+        let mut handle = conn.handle();
+        let outcome = tokio::time::timeout(timeout, pipe.query_async::<()>(&mut handle)).await;
+        let failed = match &outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(Some(err)),
+            Err(_) => Some(None),
+        };
+        if let Some(err) = failed {
+            // A pinned connection looks for its node again (rate-limited).
+            conn.recover(&handle, err, Duration::ZERO).await;
+        }
         match outcome {
             Ok(Ok(())) => {
                 if failing {

@@ -21,14 +21,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
-use redis::ConnectionAddr;
 use redis::aio::{PubSub, PubSubStream};
+use redis::{ConnectionAddr, ConnectionInfo};
 use tokio::sync::{oneshot, watch};
 
 use super::Shared;
 use super::publisher::Outgoing;
 use super::wire::{Body, Message, head_of};
-use crate::store::{StoreError, StoreKind, classify};
+use crate::store::{StoreError, StoreKind, classify, pubsub_nodes};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -40,6 +40,8 @@ const BATCH: usize = 1024;
 enum Lost {
     Closed,
     Deaf,
+    /// The publisher moved to another node.
+    Moved,
 }
 
 pub(crate) async fn run(
@@ -55,13 +57,17 @@ pub(crate) async fn run(
             connected = subscribe(&shared) => connected,
         };
         match connected {
-            Ok((stream, local_addr)) => {
+            Ok(Subscribed {
+                stream,
+                local_addr,
+                moves,
+            }) => {
                 backoff = MIN_BACKOFF;
                 shared.subscribed(local_addr);
                 if let Some(first) = first.take() {
                     let _ = first.send(Ok(()));
                 }
-                let Some(lost) = listen(&shared, stream, &mut shutdown).await else {
+                let Some(lost) = listen(&shared, stream, moves, &mut shutdown).await else {
                     return;
                 };
                 shared.lost_subscription(lost);
@@ -86,52 +92,106 @@ pub(crate) async fn run(
     }
 }
 
+/// A subscription.
+struct Subscribed {
+    stream: PubSubStream,
+    local_addr: Option<SocketAddr>,
+    /// Sees the publisher move to another node (when it is pinned to one).
+    moves: Option<watch::Receiver<u64>>,
+}
+
 /// Opens a subscriber connection and subscribes to the broadcast channel
-/// and this instance's acknowledgement channel.
-async fn subscribe(shared: &Shared) -> Result<(PubSubStream, Option<SocketAddr>), StoreError> {
+/// and this instance's acknowledgement channel: on the publisher's node
+/// when it is pinned to one (Cluster, Sentinel), else, or when that node
+/// fails, on the first node that answers of those the configuration offers
+/// (`store::pubsub_nodes`: the server, the cluster's seeds in order, or
+/// the master the sentinels name).
+async fn subscribe(shared: &Shared) -> Result<Subscribed, StoreError> {
+    let timeout = shared.redis.connect_timeout_value();
+    let (pinned, moves) = match shared.publishing.pinned_node() {
+        Some((node, moves)) => (Some(node), Some(moves)),
+        None => (None, None),
+    };
+    let mut last_err = None;
+    // Tried from the back.
+    let mut nodes: Vec<ConnectionInfo> = pinned.into_iter().collect();
+    let mut offered = false;
+    loop {
+        let Some(node) = nodes.pop() else {
+            if offered {
+                break;
+            }
+            offered = true;
+            match pubsub_nodes(&shared.redis).await {
+                Ok(found) => nodes = found.into_iter().rev().collect(),
+                Err(err) => return Err(last_err.unwrap_or(err)),
+            }
+            continue;
+        };
+        let attempt = tokio::time::timeout(timeout, subscribe_on(shared, &node))
+            .await
+            .unwrap_or(Err(StoreError::Timeout {
+                store: StoreKind::Redis,
+                after: timeout,
+            }));
+        match attempt {
+            Ok((stream, local_addr)) => {
+                return Ok(Subscribed {
+                    stream,
+                    local_addr,
+                    moves,
+                });
+            }
+            Err(err) => last_err = Some(err),
+        }
+    }
+    Err(last_err.unwrap_or(StoreError::Unavailable {
+        store: StoreKind::Redis,
+        source: "no node to subscribe on".into(),
+    }))
+}
+
+async fn subscribe_on(
+    shared: &Shared,
+    node: &ConnectionInfo,
+) -> Result<(PubSubStream, Option<SocketAddr>), StoreError> {
     let timeout = shared.redis.connect_timeout_value();
     let redis_err = |e| classify(e, timeout);
-    let attempt = async {
-        let (mut pubsub, local_addr) = match shared.redis.info().addr() {
-            // Plain TCP: our own socket, so NODELAY is set and its local
-            // address is known (it names this connection in CLIENT LIST).
-            ConnectionAddr::Tcp(host, port) => {
-                let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(|e| StoreError::Unavailable {
-                        store: StoreKind::Redis,
-                        source: Box::new(e),
-                    })?;
-                let _ = stream.set_nodelay(true);
-                let local_addr = stream.local_addr().ok();
-                let pubsub = PubSub::new(shared.redis.info().redis_settings(), stream)
-                    .await
-                    .map_err(redis_err)?;
-                (pubsub, local_addr)
-            }
-            _ => {
-                let client = shared.redis.client()?;
-                (client.get_async_pubsub().await.map_err(redis_err)?, None)
-            }
-        };
-        pubsub
-            .subscribe(&[shared.channel.as_str(), shared.ack_channel.as_str()])
-            .await
-            .map_err(redis_err)?;
-        Ok((pubsub.into_on_message(), local_addr))
+    let (mut pubsub, local_addr) = match node.addr() {
+        // Plain TCP: our own socket, so NODELAY is set and its local
+        // address is known (it names this connection in CLIENT LIST).
+        ConnectionAddr::Tcp(host, port) => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| StoreError::Unavailable {
+                    store: StoreKind::Redis,
+                    source: Box::new(e),
+                })?;
+            let _ = stream.set_nodelay(true);
+            let local_addr = stream.local_addr().ok();
+            let pubsub = PubSub::new(node.redis_settings(), stream)
+                .await
+                .map_err(redis_err)?;
+            (pubsub, local_addr)
+        }
+        _ => {
+            crate::store::ensure_crypto_provider();
+            let client = redis::Client::open(node.clone()).map_err(redis_err)?;
+            (client.get_async_pubsub().await.map_err(redis_err)?, None)
+        }
     };
-    tokio::time::timeout(timeout, attempt)
+    pubsub
+        .subscribe(&[shared.channel.as_str(), shared.ack_channel.as_str()])
         .await
-        .map_err(|_| StoreError::Timeout {
-            store: StoreKind::Redis,
-            after: timeout,
-        })?
+        .map_err(redis_err)?;
+    Ok((pubsub.into_on_message(), local_addr))
 }
 
 /// Applies messages until the subscription is lost (`None` on shutdown).
 async fn listen(
     shared: &Shared,
     mut stream: PubSubStream,
+    mut moves: Option<watch::Receiver<u64>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Lost> {
     let connected_at = Instant::now();
@@ -157,6 +217,7 @@ async fn listen(
             _ = shutdown.changed() => return None,
             next = stream.next() => next,
             () = tokio::time::sleep_until(deaf_at.into()) => return Some(Lost::Deaf),
+            () = moved(&mut moves) => return Some(Lost::Moved),
         };
         let Some(msg) = next else {
             return Some(Lost::Closed);
@@ -181,6 +242,16 @@ async fn listen(
             return Some(Lost::Closed);
         }
     }
+}
+
+/// Resolves when the publisher's node changes; never without one.
+async fn moved(moves: &mut Option<watch::Receiver<u64>>) {
+    if let Some(moves) = moves
+        && moves.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 impl Shared {
@@ -251,6 +322,7 @@ impl Shared {
             let why = match lost {
                 Lost::Closed => "connection closed",
                 Lost::Deaf => "own heartbeat not heard within the lease",
+                Lost::Moved => "the publisher moved to another node",
             };
             tracing::warn!(reason = why, cap = ?self.config.lease, "cachette backplane lost: L1 flushed, copies capped until it is back");
         }

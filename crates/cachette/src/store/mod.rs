@@ -9,7 +9,9 @@
 //!   needs nothing and is a product feature, not a test double: it passes the
 //!   same conformance suite as Redis.
 //! * [`RedisStore`]: Redis through one multiplexed, self-reconnecting
-//!   connection, for caches shared by many processes.
+//!   connection, for caches shared by many processes: one server, a Redis
+//!   Cluster, or a master found through Sentinel (see [`RedisConfig`] for
+//!   the URL forms).
 //!
 //! Every store also keeps the fill leases of its entries ([`lease`]
 //! module): claim, fill with the token, extend, release — each one atomic
@@ -36,8 +38,8 @@ pub(crate) use self::breaker::{Breaker, Deferred, Probe};
 pub use self::breaker::{BreakerConfig, CircuitState};
 pub use self::embedded::EmbeddedStore;
 pub use self::lease::{Claim, Lease, LeaseToken};
-pub(crate) use self::redis::classify;
-pub use self::redis::{RedisConfig, RedisStore};
+pub(crate) use self::redis::{Connection, classify, ensure_crypto_provider, pubsub_nodes};
+pub use self::redis::{RedisConfig, RedisConnection, RedisStore};
 pub use crate::marks::Mark;
 
 /// One entry of a batched write.
@@ -182,7 +184,9 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// entry the caller read (`None` if it found none): a present entry
     /// that does not start with it is returned as [`Lease::Changed`]
     /// instead.
-    /// One atomic round trip.
+    /// One atomic round trip. On Redis Cluster `key` must carry a hash tag
+    /// (`{…}`, as every key the cache makes does), so that its lease is in
+    /// the same slot; [`Store::fill`] likewise.
     async fn claim(
         &self,
         key: &str,
