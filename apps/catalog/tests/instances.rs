@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use cachette_test::RedisServer;
+use cachette_test::{Fixture, RedisCluster, RedisServer, SentinelGroup};
 use catalog::bench::Instance;
 use catalog::load::HttpClient;
 use serde_json::Value;
@@ -50,11 +50,30 @@ fn serve_args(db: &str, redis: Option<&str>, products: i64) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_on_one_instance_is_read_on_the_other_with_zero_stale() {
     let redis = RedisServer::spawn();
+    put_on_a_read_on_b(&redis.url(), PAIRS, "one Redis").await;
+}
+
+/// The same two instances over a three-master Redis Cluster, configured by
+/// a `redis+cluster://` URL alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_two_instances_work_over_redis_cluster() {
+    let cluster = RedisCluster::spawn();
+    put_on_a_read_on_b(&Fixture::cluster_url(&cluster), PAIRS / 5, "Redis Cluster").await;
+}
+
+/// And over a master found through three sentinels (`redis+sentinel://`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_two_instances_work_over_sentinel() {
+    let group = SentinelGroup::spawn();
+    put_on_a_read_on_b(&Fixture::sentinel_url(&group), PAIRS / 5, "Sentinel").await;
+}
+
+async fn put_on_a_read_on_b(redis_url: &str, pairs: usize, topology: &str) {
     let (_dir, db) = fresh_sqlite();
-    let a = Instance::start(program(), &serve_args(&db, Some(&redis.url()), PRODUCTS))
+    let a = Instance::start(program(), &serve_args(&db, Some(redis_url), PRODUCTS))
         .await
         .unwrap();
-    let b = Instance::start(program(), &serve_args(&db, Some(&redis.url()), PRODUCTS))
+    let b = Instance::start(program(), &serve_args(&db, Some(redis_url), PRODUCTS))
         .await
         .unwrap();
 
@@ -67,11 +86,11 @@ async fn put_on_one_instance_is_read_on_the_other_with_zero_stale() {
         );
         workers.push(tokio::spawn(async move {
             let (mut stale_products, mut stale_listings) = (0, 0);
-            for i in 0..PAIRS / WORKERS {
+            for i in 0..pairs / WORKERS {
                 // Each worker owns the ids congruent to it, so no other
                 // worker's PUT can legitimately change what it reads.
                 let id = 1 + ((i * 37) as i64 * WORKERS as i64 + w as i64) % PRODUCTS;
-                let price = (w * PAIRS + i) as i64;
+                let price = (w * pairs + i) as i64;
                 let put = on_a
                     .put_json(
                         &format!("/products/{id}"),
@@ -115,7 +134,7 @@ async fn put_on_one_instance_is_read_on_the_other_with_zero_stale() {
         stale_listings += l;
     }
     eprintln!(
-        "{PAIRS} PUT-on-A / GET-on-B pairs in {:.1} s: {stale_products} stale products, {stale_listings} stale listings",
+        "{topology}: {pairs} PUT-on-A / GET-on-B pairs in {:.1} s: {stale_products} stale products, {stale_listings} stale listings",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(stale_products, 0);
