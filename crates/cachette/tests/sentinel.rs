@@ -45,6 +45,9 @@ struct Tally {
     errors: [AtomicU64; 3],
     wrong: AtomicU64,
     first_errors: Mutex<Vec<String>>,
+    /// When the last error reached a caller: errors belong to the window
+    /// without a master if they stop once the new one is in place.
+    last_error: Mutex<Option<Instant>>,
 }
 
 const OPS: [&str; 3] = ["get_or_load", "set", "get"];
@@ -56,6 +59,7 @@ impl Tally {
             Ok(v) => Some(v),
             Err(err) => {
                 self.errors[op].fetch_add(1, SeqCst);
+                *self.last_error.lock().unwrap() = Some(Instant::now());
                 let mut first = self.first_errors.lock().unwrap();
                 if first.len() < 5 {
                     first.push(format!("{}: {err}", OPS[op]));
@@ -214,11 +218,19 @@ async fn failover_under_load(how: Failover) {
     };
     println!(
         "{label}: sentinels named the new master after {:.2} s; first write on the new master \
-         {} after the failover started; errors reaching callers: {}; wrong values: {}; probe \
+         {} after the failover started; errors reaching callers: {} (last one {}); wrong values: {}; probe \
          writes: {} acknowledged, {} lost with the old master; first errors: {:?}",
         promoted_after.as_secs_f64(),
         first_on_new.map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64())),
         tally.summary(),
+        tally
+            .last_error
+            .lock()
+            .unwrap()
+            .map_or("none".into(), |at| format!(
+                "{:.2} s after the failover started",
+                at.saturating_duration_since(started).as_secs_f64()
+            )),
         tally.wrong.load(SeqCst),
         written.len(),
         lost,
