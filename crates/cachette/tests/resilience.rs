@@ -170,6 +170,7 @@ async fn redis_killed_under_load_fails_no_call_and_recovers_within_two_seconds()
     .expect("the circuit opens while Redis is dead");
     // Serve a while with Redis dead: L1 and the loaders only.
     let outage_calls = seen.calls.load(Ordering::SeqCst);
+    let outage_loads = source.loads.load(Ordering::SeqCst);
     assert!(
         wait_for(Duration::from_secs(10), || seen
             .calls
@@ -179,6 +180,10 @@ async fn redis_killed_under_load_fails_no_call_and_recovers_within_two_seconds()
         .is_some()
     );
     let loads_in_outage = source.loads.load(Ordering::SeqCst);
+    let (calls_open, loads_open) = (
+        seen.calls.load(Ordering::SeqCst) - outage_calls,
+        loads_in_outage - outage_loads,
+    );
 
     server.start();
     let closed = wait_for(Duration::from_secs(5), || {
@@ -197,7 +202,7 @@ async fn redis_killed_under_load_fails_no_call_and_recovers_within_two_seconds()
     eprintln!(
         "killed: {} calls ({} before the kill), {} failed, {} wrong; circuit opened {:?} after the kill, \
          closed {:?} after restart; L2 refilled in {:?}; source loads {} ({} by the end of the outage), \
-         peak concurrency {} (cap {CAP}); {} store calls skipped, {} store errors, opened {} time(s), \
+         peak concurrency {} (cap {CAP}); while open: {loads_open} loads for {calls_open} calls; {} store calls skipped, {} store errors, opened {} time(s), \
          {} loads waited for a permit",
         seen.calls.load(Ordering::SeqCst),
         before_kill,
@@ -217,6 +222,12 @@ async fn redis_killed_under_load_fails_no_call_and_recovers_within_two_seconds()
     assert_eq!(seen.failures.load(Ordering::SeqCst), 0, "no call failed");
     assert_eq!(seen.wrong.load(Ordering::SeqCst), 0);
     assert!(source.peak.load(Ordering::SeqCst) <= CAP, "the cap held");
+    // L1 keeps what the loaders return while the store is away: the source
+    // sees each key about once per L1 TTL, not every read.
+    assert!(
+        loads_open * 4 < calls_open,
+        "{loads_open} loads for {calls_open} calls while the circuit was open"
+    );
     assert!(
         closed <= Duration::from_secs(2),
         "closed within 2 s: {closed:?}"

@@ -207,7 +207,7 @@ async fn an_outage_with_credentials_logs_no_password() {
         .unwrap();
     server.stop();
     // Fails, opens the circuit, probes: every path that logs an error.
-    for _ in 0..10 {
+    for _ in 0..50 {
         let v = cache
             .get_or_load("k", || async { Ok::<_, std::io::Error>("v".to_string()) })
             .await
@@ -225,6 +225,13 @@ async fn an_outage_with_credentials_logs_no_password() {
     }
     assert!(closed);
     let logged = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
-    assert!(logged.contains("circuit opened"), "the outage was logged");
+    // Logged once per transition, not once per call: one outage, one
+    // opening and one closing, however many calls it refused.
+    assert_eq!(logged.matches("circuit opened").count(), 1, "{logged}");
+    assert_eq!(logged.matches("circuit closed").count(), 1, "{logged}");
+    assert!(
+        cache.stats().store_skipped > 0,
+        "calls were refused meanwhile"
+    );
     assert_no_secret("the logs", &logged);
 }
