@@ -64,6 +64,26 @@ struct Seen {
     slowest_us: AtomicU64,
 }
 
+impl Seen {
+    /// Waits (at most 10 s) until more than `calls` calls returned.
+    async fn wait_for_calls(&self, calls: u64) {
+        let reached = wait_for(Duration::from_secs(10), || {
+            self.calls.load(Ordering::SeqCst) > calls
+        })
+        .await;
+        assert!(reached.is_some(), "the load stalled below {calls} calls");
+    }
+}
+
+/// Waits (at most 5 s) until the circuit is closed, or not closed; returns
+/// how long that took.
+async fn wait_for_circuit(store: &RedisStore, closed: bool) -> Option<Duration> {
+    wait_for(Duration::from_secs(5), || {
+        (store.circuit().state == CircuitState::Closed) == closed
+    })
+    .await
+}
+
 /// `CALLERS` tasks reading random keys through `get_or_load` until `stop`.
 fn start_load(
     cache: &Cache<String>,
@@ -163,22 +183,13 @@ async fn redis_killed_under_load_fails_no_call_and_recovers_within_two_seconds()
     let before_kill = seen.calls.load(Ordering::SeqCst);
 
     server.stop(); // SIGKILL
-    let opened = wait_for(Duration::from_secs(5), || {
-        store.circuit().state != CircuitState::Closed
-    })
-    .await
-    .expect("the circuit opens while Redis is dead");
+    let opened = wait_for_circuit(&store, false)
+        .await
+        .expect("the circuit opens while Redis is dead");
     // Serve a while with Redis dead: L1 and the loaders only.
     let outage_calls = seen.calls.load(Ordering::SeqCst);
     let outage_loads = source.loads.load(Ordering::SeqCst);
-    assert!(
-        wait_for(Duration::from_secs(10), || seen
-            .calls
-            .load(Ordering::SeqCst)
-            > outage_calls + 2_000)
-        .await
-        .is_some()
-    );
+    seen.wait_for_calls(outage_calls + 2_000).await;
     let loads_in_outage = source.loads.load(Ordering::SeqCst);
     let (calls_open, loads_open) = (
         seen.calls.load(Ordering::SeqCst) - outage_calls,
@@ -186,11 +197,9 @@ async fn redis_killed_under_load_fails_no_call_and_recovers_within_two_seconds()
     );
 
     server.start();
-    let closed = wait_for(Duration::from_secs(5), || {
-        store.circuit().state == CircuitState::Closed
-    })
-    .await
-    .expect("the circuit closes once Redis answers");
+    let closed = wait_for_circuit(&store, true)
+        .await
+        .expect("the circuit closes once Redis answers");
     // The restarted Redis is empty; L2 fills again under load.
     let refilled = wait_for(Duration::from_secs(10), || dbsize(&server) > KEYS / 2).await;
     stop.store(true, Ordering::SeqCst);
@@ -277,39 +286,21 @@ async fn a_hung_redis_costs_each_call_at_most_its_deadline_and_leaks_nothing() {
         Arc::new(AtomicBool::new(false)),
     );
     let load = start_load(&cache, &source, &seen, &stop);
-    assert!(
-        wait_for(Duration::from_secs(10), || seen
-            .calls
-            .load(Ordering::SeqCst)
-            > 500)
-        .await
-        .is_some()
-    );
+    seen.wait_for_calls(500).await;
     let slowest_before = seen.slowest_us.swap(0, Ordering::SeqCst);
 
     server.pause(); // SIGSTOP: connections stay open, nothing answers.
-    let opened = wait_for(Duration::from_secs(5), || {
-        store.circuit().state != CircuitState::Closed
-    })
-    .await
-    .expect("the circuit opens while Redis hangs");
-    let during = seen.calls.load(Ordering::SeqCst);
-    assert!(
-        wait_for(Duration::from_secs(10), || seen
-            .calls
-            .load(Ordering::SeqCst)
-            > during + 2_000)
+    let opened = wait_for_circuit(&store, false)
         .await
-        .is_some()
-    );
+        .expect("the circuit opens while Redis hangs");
+    let during = seen.calls.load(Ordering::SeqCst);
+    seen.wait_for_calls(during + 2_000).await;
     let slowest_hung = seen.slowest_us.load(Ordering::SeqCst);
 
     server.resume();
-    let closed = wait_for(Duration::from_secs(5), || {
-        store.circuit().state == CircuitState::Closed
-    })
-    .await
-    .expect("the circuit closes once Redis answers");
+    let closed = wait_for_circuit(&store, true)
+        .await
+        .expect("the circuit closes once Redis answers");
     stop.store(true, Ordering::SeqCst);
     for task in load {
         task.await.unwrap();
@@ -378,11 +369,9 @@ async fn a_write_skipped_while_the_circuit_was_open_leaves_no_older_copy_in_redi
     let err = cache.set("k", &"v2".to_string()).await.unwrap_err();
     assert!(err.is_store_unavailable(), "{err:?}");
     server.resume();
-    wait_for(Duration::from_secs(5), || {
-        store.circuit().state == CircuitState::Closed
-    })
-    .await
-    .expect("the circuit closes");
+    wait_for_circuit(&store, true)
+        .await
+        .expect("the circuit closes");
 
     // Redis kept its data through the hang, but not the key whose write it
     // missed: the next read loads the current value instead of v1.

@@ -142,6 +142,9 @@ enum Transition {
     Closed { after: Duration },
 }
 
+/// Rounds of undoing late skipped writes before a probe gives up closing.
+const MAX_CLOSING_ROUNDS: usize = 8;
+
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
@@ -273,42 +276,57 @@ impl Breaker {
     }
 
     /// Remembers a write the store did not take, to undo before closing.
-    pub(crate) fn defer_delete(&self, key: &str) {
+    pub(crate) fn defer_delete(self: &Arc<Self>, key: &str) {
         self.defer(|d| {
             d.keys.insert(key.to_owned());
         });
     }
 
     /// Remembers a mark the store did not take, to raise before closing.
-    pub(crate) fn defer_mark(&self, key: &str, mark: Mark, ttl: Ttl) {
-        self.defer(|d| {
-            let entry = d.marks.entry(key.to_owned()).or_insert((mark, ttl));
-            entry.0 = Mark {
-                removed_us: entry.0.removed_us.max(mark.removed_us),
-                expired_us: entry.0.expired_us.max(mark.expired_us),
-            };
-            entry.1 = entry.1.max(ttl);
-        });
+    pub(crate) fn defer_mark(self: &Arc<Self>, key: &str, mark: Mark, ttl: Ttl) {
+        self.defer(|d| add_mark(d, key, mark, ttl));
     }
 
-    fn defer(&self, add: impl FnOnce(&mut Deferred)) {
+    /// Records a skipped write. While the circuit is open the probe undoes
+    /// it before closing. A write that failed while the circuit is closed
+    /// (a failure below the threshold, or a call refused just before the
+    /// probe closed the circuit) is undone at once instead: the circuit
+    /// closes only with the list empty, under the same lock, so no write
+    /// is left behind in it.
+    fn defer(self: &Arc<Self>, add: impl FnOnce(&mut Deferred)) {
         if !self.config.enabled {
             return;
         }
         let Ok(mut deferred) = self.deferred.lock() else {
             return;
         };
-        if deferred.pending.len() < self.config.max_deferred {
-            add(&mut deferred.pending);
-        } else if !deferred.overflowed {
-            deferred.overflowed = true;
-            tracing::error!(
-                store = %self.store,
-                max = self.config.max_deferred,
-                "too many writes skipped during the store outage to undo them all; \
-                 entries written meanwhile may be served from the store until their TTL"
-            );
+        if self.state() == CircuitState::Closed {
+            drop(deferred);
+            let mut now = Deferred::default();
+            add(&mut now);
+            self.undo_now(now);
+            return;
         }
+        keep(&mut deferred, &self.config, self.store, add);
+    }
+
+    /// Undoes `skipped` in the background; what does not land waits for
+    /// the next probe.
+    fn undo_now(self: &Arc<Self>, skipped: Deferred) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.restore_deferred(skipped);
+            return;
+        };
+        let breaker = Arc::downgrade(self);
+        let probe = Arc::clone(&self.probe);
+        runtime.spawn(async move {
+            let skipped = Arc::new(skipped);
+            if !probe(Arc::clone(&skipped)).await
+                && let Some(b) = breaker.upgrade()
+            {
+                b.restore_deferred(Arc::try_unwrap(skipped).unwrap_or_default());
+            }
+        });
     }
 
     fn failed(self: &Arc<Self>) {
@@ -386,15 +404,69 @@ impl Breaker {
         }
     }
 
-    /// Puts back what a failed probe could not undo (merged with what was
-    /// skipped meanwhile).
+    /// Puts back what a probe could not undo (merged with what was
+    /// skipped meanwhile), for the next probe.
     fn restore_deferred(&self, undone: Deferred) {
+        let Ok(mut deferred) = self.deferred.lock() else {
+            return;
+        };
         for key in undone.keys {
-            self.defer_delete(&key);
+            keep(&mut deferred, &self.config, self.store, |d| {
+                d.keys.insert(key);
+            });
         }
         for (key, (mark, ttl)) in undone.marks {
-            self.defer_mark(&key, mark, ttl);
+            keep(&mut deferred, &self.config, self.store, |d| {
+                add_mark(d, &key, mark, ttl);
+            });
         }
+    }
+
+    /// Closes the circuit if nothing is left to undo; otherwise hands back
+    /// what is. Under the list's lock, so a write skipped meanwhile is
+    /// either in the list or sees the circuit closed (see `defer`).
+    fn close_if_undone(&self, opened_at: Instant) -> Result<(), Deferred> {
+        let Ok(mut deferred) = self.deferred.lock() else {
+            return Err(Deferred::default());
+        };
+        if deferred.pending.len() != 0 {
+            deferred.overflowed = false;
+            return Err(std::mem::take(&mut deferred.pending));
+        }
+        self.state.store(CLOSED, Ordering::Release);
+        drop(deferred);
+        let after = opened_at.elapsed();
+        self.transition(CircuitState::Closed, Transition::Closed { after });
+        Ok(())
+    }
+}
+
+fn add_mark(d: &mut Deferred, key: &str, mark: Mark, ttl: Ttl) {
+    let entry = d.marks.entry(key.to_owned()).or_insert((mark, ttl));
+    entry.0 = Mark {
+        removed_us: entry.0.removed_us.max(mark.removed_us),
+        expired_us: entry.0.expired_us.max(mark.expired_us),
+    };
+    entry.1 = entry.1.max(ttl);
+}
+
+/// Adds to the list within its bound; past it, logs once per outage.
+fn keep(
+    deferred: &mut DeferredState,
+    config: &BreakerConfig,
+    store: StoreKind,
+    add: impl FnOnce(&mut Deferred),
+) {
+    if deferred.pending.len() < config.max_deferred {
+        add(&mut deferred.pending);
+    } else if !deferred.overflowed {
+        deferred.overflowed = true;
+        tracing::error!(
+            store = %store,
+            max = config.max_deferred,
+            "too many writes skipped during the store outage to undo them all; \
+             entries written meanwhile may be served from the store until their TTL"
+        );
     }
 }
 
@@ -416,14 +488,20 @@ async fn probe_until_closed(breaker: Weak<Breaker>) {
         let healthy = (b.probe)(Arc::clone(&deferred)).await;
         if healthy {
             b.failures.store(0, Ordering::Relaxed);
-            // Skipped writes may have arrived while the probe ran: undo them
-            // too before closing (the circuit refuses new ones meanwhile).
-            let late = b.take_deferred();
-            if late.len() == 0 || (b.probe)(Arc::new(late)).await {
-                b.state.store(CLOSED, Ordering::Release);
-                let after = opened_at.elapsed();
-                b.transition(CircuitState::Closed, Transition::Closed { after });
-                return;
+            // Writes skipped while the probe ran are undone too before
+            // closing (the circuit refuses new ones meanwhile); bounded, in
+            // case they keep coming.
+            for _ in 0..MAX_CLOSING_ROUNDS {
+                match b.close_if_undone(opened_at) {
+                    Ok(()) => return,
+                    Err(late) => {
+                        let late = Arc::new(late);
+                        if !(b.probe)(Arc::clone(&late)).await {
+                            b.restore_deferred(Arc::try_unwrap(late).unwrap_or_default());
+                            break;
+                        }
+                    }
+                }
             }
         } else {
             let undone = Arc::try_unwrap(deferred).unwrap_or_default();
@@ -502,6 +580,41 @@ mod tests {
             "skipped writes are undone first"
         );
         assert_eq!(b.counts().0, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_refused_just_before_the_circuit_closed_is_still_undone() {
+        let healthy = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let b = breaker(Arc::clone(&healthy), Arc::clone(&seen));
+        for _ in 0..3 {
+            b.record(&unavailable());
+        }
+        // A call refused while the circuit is open...
+        assert!(b.admit().is_err());
+        healthy.store(true, Ordering::SeqCst);
+        for _ in 0..100 {
+            if b.state() == CircuitState::Closed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        // ...records its key only after the probe closed the circuit: the
+        // list is not read again, so the key is undone at once instead.
+        b.defer_delete("late");
+        for _ in 0..100 {
+            if seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&"late".to_owned())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(seen, vec!["late".to_owned()]);
     }
 
     #[tokio::test(start_paused = true)]
