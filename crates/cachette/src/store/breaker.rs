@@ -544,6 +544,17 @@ mod tests {
         Arc::new(Breaker::new(config, StoreKind::Redis, probe))
     }
 
+    /// Lets the probe task run (paused time, bounded) until it closes.
+    async fn until_closed(b: &Breaker) {
+        for _ in 0..100 {
+            if b.state() == CircuitState::Closed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn opens_at_the_threshold_probes_and_closes_after_undoing_skipped_writes() {
         let healthy = Arc::new(AtomicBool::new(false));
@@ -565,13 +576,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(55)).await;
         assert_ne!(b.state(), CircuitState::Closed);
         healthy.store(true, Ordering::SeqCst);
-        for _ in 0..100 {
-            if b.state() == CircuitState::Closed {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(b.state(), CircuitState::Closed);
+        until_closed(&b).await;
         assert!(b.admit().is_ok());
         let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
         assert_eq!(
@@ -593,13 +598,7 @@ mod tests {
         // A call refused while the circuit is open...
         assert!(b.admit().is_err());
         healthy.store(true, Ordering::SeqCst);
-        for _ in 0..100 {
-            if b.state() == CircuitState::Closed {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(b.state(), CircuitState::Closed);
+        until_closed(&b).await;
         // ...records its key only after the probe closed the circuit: the
         // list is not read again, so the key is undone at once instead.
         b.defer_delete("late");
