@@ -115,9 +115,12 @@ async fn load(cache: Cache<String>, tally: Arc<Tally>, stop: Arc<AtomicBool>, se
 
 /// Writes a fresh key every 2 ms and notes when each write succeeded and
 /// on which server port the store's connection was right after it.
-async fn probe(store: RedisStore, stop: Arc<AtomicBool>) -> Vec<(String, Instant, u16)> {
+/// (Shared as it goes: the test waits for the first write on the new
+/// master.)
+type Written = Arc<Mutex<Vec<(String, Instant, u16)>>>;
+
+async fn probe(store: RedisStore, stop: Arc<AtomicBool>, written: Written) {
     let ttl = Ttl::new(Duration::from_secs(600)).unwrap();
-    let mut written = Vec::new();
     for i in 0.. {
         if stop.load(SeqCst) {
             break;
@@ -136,11 +139,13 @@ async fn probe(store: RedisStore, stop: Arc<AtomicBool>) -> Vec<(String, Instant
             .await
             .ok()
             .and_then(Result::ok);
-            written.push((key, at, port.map_or(0, |(_, p)| p)));
+            written
+                .lock()
+                .unwrap()
+                .push((key, at, port.map_or(0, |(_, p)| p)));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    written
 }
 
 #[derive(Clone, Copy)]
@@ -165,7 +170,8 @@ async fn failover_under_load(how: Failover) {
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| tokio::spawn(load(cache.clone(), tally.clone(), stop.clone(), t as u64)))
         .collect();
-    let prober = tokio::spawn(probe(store.clone(), stop.clone()));
+    let written: Written = Arc::default();
+    let prober = tokio::spawn(probe(store.clone(), stop.clone(), written.clone()));
     // Warm up: the load runs against the first master.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -187,12 +193,25 @@ async fn failover_under_load(how: Failover) {
         .expect("the failover finished in time")
         .unwrap();
     let promoted_after = started.elapsed();
+    // Load goes on until a write lands on the new master (bounded), then a
+    // little longer.
+    let on_new = |w: &Written| {
+        w.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, at, port)| *at >= started && *port == new_master)
+    };
+    let deadline = Instant::now() + BOUND;
+    while !on_new(&written) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(AFTER).await;
     stop.store(true, SeqCst);
     for task in tasks {
         tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
     }
-    let written = tokio::time::timeout(BOUND, prober).await.unwrap().unwrap();
+    tokio::time::timeout(BOUND, prober).await.unwrap().unwrap();
+    let written = std::mem::take(&mut *written.lock().unwrap());
 
     // The first write after the failover started that went to the new
     // master, and the writes the old master took that the new one lacks

@@ -113,7 +113,7 @@ impl CircuitState {
     fn from_u8(v: u8) -> CircuitState {
         match v {
             OPEN => CircuitState::Open,
-            HALF_OPEN => CircuitState::HalfOpen,
+            HALF_OPEN | CLOSING => CircuitState::HalfOpen,
             _ => CircuitState::Closed,
         }
     }
@@ -148,6 +148,10 @@ const MAX_CLOSING_ROUNDS: usize = 8;
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
+/// The probe succeeded and is undoing the last skipped writes: writes are
+/// admitted again (so no new ones are skipped), reads not yet. Reported
+/// as half-open.
+const CLOSING: u8 = 3;
 
 /// Writes the store skipped while the circuit was open, to undo before it
 /// closes.
@@ -252,9 +256,12 @@ impl Breaker {
     }
 
     /// Lets a call through, or refuses it at once while the circuit is not
-    /// closed. One atomic load on the way through.
-    pub(crate) fn admit(&self) -> Result<(), StoreError> {
-        if self.state.load(Ordering::Acquire) == CLOSED || !self.config.enabled {
+    /// closed. One atomic load on the way through. A `write` (one that
+    /// replaces or removes entries, or raises a mark) also goes through
+    /// while the circuit is closing: see `probe_until_closed`.
+    pub(crate) fn admit(&self, write: bool) -> Result<(), StoreError> {
+        let state = self.state.load(Ordering::Acquire);
+        if state == CLOSED || (write && state == CLOSING) || !self.config.enabled {
             return Ok(());
         }
         self.refused.fetch_add(1, Ordering::Relaxed);
@@ -489,8 +496,10 @@ async fn probe_until_closed(breaker: Weak<Breaker>) {
         if healthy {
             b.failures.store(0, Ordering::Relaxed);
             // Writes skipped while the probe ran are undone too before
-            // closing (the circuit refuses new ones meanwhile); bounded, in
-            // case they keep coming.
+            // closing. From here writes go to the store again, so under a
+            // steady write load the list drains instead of refilling; the
+            // rounds are bounded all the same.
+            b.state.store(CLOSING, Ordering::Release);
             for _ in 0..MAX_CLOSING_ROUNDS {
                 match b.close_if_undone(opened_at) {
                     Ok(()) => return,
@@ -530,6 +539,8 @@ mod tests {
             let healthy = Arc::clone(&healthy);
             let seen = Arc::clone(&seen);
             Box::pin(async move {
+                // A round trip: other tasks run meanwhile.
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 let ok = healthy.load(Ordering::SeqCst);
                 if ok {
                     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -567,17 +578,20 @@ mod tests {
         b.record(&Ok(()));
         b.record(&unavailable());
         b.record(&unavailable());
-        assert!(b.admit().is_ok());
+        assert!(b.admit(false).is_ok());
         b.record(&unavailable());
         assert_eq!(b.state(), CircuitState::Open);
-        assert!(matches!(b.admit(), Err(StoreError::CircuitOpen { .. })));
+        assert!(matches!(
+            b.admit(false),
+            Err(StoreError::CircuitOpen { .. })
+        ));
         b.defer_delete("k");
         // Probes fail while the store is down.
         tokio::time::sleep(Duration::from_millis(55)).await;
         assert_ne!(b.state(), CircuitState::Closed);
         healthy.store(true, Ordering::SeqCst);
         until_closed(&b).await;
-        assert!(b.admit().is_ok());
+        assert!(b.admit(false).is_ok());
         let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
         assert_eq!(
             seen,
@@ -596,7 +610,7 @@ mod tests {
             b.record(&unavailable());
         }
         // A call refused while the circuit is open...
-        assert!(b.admit().is_err());
+        assert!(b.admit(false).is_err());
         healthy.store(true, Ordering::SeqCst);
         until_closed(&b).await;
         // ...records its key only after the probe closed the circuit: the
@@ -614,6 +628,36 @@ mod tests {
         }
         let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
         assert_eq!(seen, vec!["late".to_owned()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_circuit_closes_under_a_steady_write_load() {
+        let healthy = Arc::new(AtomicBool::new(false));
+        let b = breaker(Arc::clone(&healthy), Arc::new(Mutex::new(Vec::new())));
+        for _ in 0..3 {
+            b.record(&unavailable());
+        }
+        healthy.store(true, Ordering::SeqCst);
+        // A writer that never pauses: each refused write is skipped, so the
+        // list refills while the probe drains it, unless a closing circuit
+        // lets writes through again.
+        let writer = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move {
+                for i in 0..20_000u32 {
+                    if b.state() == CircuitState::Closed {
+                        return;
+                    }
+                    if b.admit(true).is_err() {
+                        b.defer_delete(&format!("k{i}"));
+                    }
+                    // Ten writes per probe round trip.
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                }
+            })
+        };
+        until_closed(&b).await;
+        writer.await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[tokio::test(start_paused = true)]

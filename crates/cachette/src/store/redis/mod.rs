@@ -157,16 +157,19 @@ impl RedisStore {
         let ping = self
             .run(|mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await })
             .await;
-        if ping.is_err() {
+        if let Err(e) = ping {
+            tracing::debug!(error = %e, "circuit probe: no answer");
             return false;
         }
         for key in &deferred.keys {
-            if self.delete(key).await.is_err() {
+            if let Err(e) = self.delete(key).await {
+                tracing::debug!(error = %e, "circuit probe: a skipped write could not be undone");
                 return false;
             }
         }
         for (key, (mark, ttl)) in &deferred.marks {
-            if self.raise_mark(key, *mark, *ttl).await.is_err() {
+            if let Err(e) = self.raise_mark(key, *mark, *ttl).await {
+                tracing::debug!(error = %e, "circuit probe: a skipped mark could not be raised");
                 return false;
             }
         }
@@ -202,10 +205,28 @@ impl RedisStore {
         F: FnMut(RedisConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        self.run_as(false, attempt).await
+    }
+
+    /// [`RedisStore::run`] for a command that replaces or removes entries
+    /// or raises a mark, which a closing circuit already lets through.
+    async fn run_write<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut(RedisConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        self.run_as(true, attempt).await
+    }
+
+    async fn run_as<T, F, Fut>(&self, write: bool, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut(RedisConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         let Some(breaker) = &self.breaker else {
             return self.run_with_retries(attempt).await;
         };
-        breaker.admit()?;
+        breaker.admit(write)?;
         let result = self.run_with_retries(attempt).await;
         breaker.record(&result);
         result
@@ -290,6 +311,8 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Writes only (it goes through [`RedisStore::run_write`]).
+    ///
     /// Sends `cmds`, each with the slot of its key (see [`RedisStore::slot`]):
     /// one pipeline per slot, all at once (one pipeline off Cluster).
     /// Commands of one slot keep their order. Returns every reply, in the
@@ -303,7 +326,7 @@ impl RedisStore {
             let pipe = pipeline_of(cmds);
             async move {
                 let pipe = &pipe;
-                self.run(|mut conn| async move { send_group(&mut conn, cmds, pipe).await })
+                self.run_write(|mut conn| async move { send_group(&mut conn, cmds, pipe).await })
                     .await
             }
         }))
@@ -609,7 +632,7 @@ impl Store for RedisStore {
 
     async fn raise_mark(&self, key: &str, mark: Mark, ttl: Ttl) -> Result<Mark, StoreError> {
         let stored = self
-            .run(|mut conn| {
+            .run_write(|mut conn| {
                 let mut call = self.scripts.raise_mark.key(key);
                 call.arg(mark.removed_us)
                     .arg(mark.expired_us)
